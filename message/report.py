@@ -1,0 +1,299 @@
+"""Reports: the unit every node produces, ships and merges.
+
+Owns the report's types and their JSON form (DESIGN.md "Report schema", validated against
+``message/schema/report.schema.json`` in the tests), and the one merge rule all layers use:
+counts, sums and bytes add, errors add per code, min/max take the extreme, latency sketches
+add bucket by bucket, slow samples keep the worst N. Merging is commutative and
+associative, so workers -> slave -> master give the same numbers as one process would.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from message.sketch import LatencySketch
+
+SCHEMA_VERSION = 1
+QUANTILES = (0.5, 0.95, 0.99, 0.999)
+
+#: Template key and text that collect statements beyond the per-interval template bound.
+OVERFLOW_KEY = "0000000000000000"
+OVERFLOW_TEMPLATE = "/* statements of templates over the limit */"
+
+
+class SchemaError(ValueError):
+    """A report (or part of one) that does not follow the schema."""
+
+
+class TemplateStats:
+    """Per (server, db, template key) statistics for one interval."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "commands",
+        "count",
+        "db",
+        "errors",
+        "first_seen_ns",
+        "incomplete",
+        "key",
+        "last_seen_ns",
+        "latency_max",
+        "latency_min",
+        "latency_sum",
+        "no_good_index_used",
+        "no_index_used",
+        "rows_affected",
+        "rows_sent",
+        "server",
+        "sketch",
+        "template",
+        "ttfb_sum",
+        "warnings",
+    )
+
+    def __init__(self, server: str, db: str, key: str, template: str) -> None:
+        self.server = server
+        self.db = db
+        self.key = key
+        self.template = template
+        self.commands: dict[str, int] = {}  # count by protocol command: Query, Execute, ...
+        self.count = 0
+        self.errors: dict[str, int] = {}
+        self.latency_sum = 0
+        self.latency_min = 0
+        self.latency_max = 0
+        self.ttfb_sum = 0
+        self.sketch = LatencySketch()
+        self.rows_sent = 0
+        self.rows_affected = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.no_index_used = 0
+        self.no_good_index_used = 0
+        self.warnings = 0
+        self.incomplete = 0
+        self.first_seen_ns = 0
+        self.last_seen_ns = 0
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.server, self.db, self.key)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def merge(self, other: TemplateStats) -> None:
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.latency_min = other.latency_min
+            self.first_seen_ns = other.first_seen_ns
+        else:
+            self.latency_min = min(self.latency_min, other.latency_min)
+            self.first_seen_ns = min(self.first_seen_ns, other.first_seen_ns)
+        self.latency_max = max(self.latency_max, other.latency_max)
+        self.last_seen_ns = max(self.last_seen_ns, other.last_seen_ns)
+        self.count += other.count
+        for name, n in other.commands.items():
+            self.commands[name] = self.commands.get(name, 0) + n
+        for code, n in other.errors.items():
+            self.errors[code] = self.errors.get(code, 0) + n
+        self.latency_sum += other.latency_sum
+        self.ttfb_sum += other.ttfb_sum
+        self.sketch.merge(other.sketch)
+        self.rows_sent += other.rows_sent
+        self.rows_affected += other.rows_affected
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        self.no_index_used += other.no_index_used
+        self.no_good_index_used += other.no_good_index_used
+        self.warnings += other.warnings
+        self.incomplete += other.incomplete
+        if not self.template and other.template:
+            self.template = other.template
+
+    def to_json(self, *, with_template: bool = True) -> dict[str, Any]:
+        p50, p95, p99, p999 = self.sketch.quantiles(QUANTILES)
+        out: dict[str, Any] = {
+            "key": self.key,
+            "server": self.server,
+            "db": self.db,
+            "commands": dict(self.commands),
+            "count": self.count,
+            "errors": dict(self.errors),
+            "latency_us": {
+                "sum": self.latency_sum,
+                "min": self.latency_min,
+                "max": self.latency_max,
+                "p50": p50,
+                "p95": p95,
+                "p99": p99,
+                "p999": p999,
+                "sketch": self.sketch.to_json(),
+            },
+            "ttfb_us_sum": self.ttfb_sum,
+            "rows_sent": self.rows_sent,
+            "rows_affected": self.rows_affected,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "no_index_used": self.no_index_used,
+            "no_good_index_used": self.no_good_index_used,
+            "warnings": self.warnings,
+            "incomplete": self.incomplete,
+            "first_seen_ns": self.first_seen_ns,
+            "last_seen_ns": self.last_seen_ns,
+        }
+        if with_template:
+            out["template"] = self.template
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TemplateStats:
+        try:
+            stats = cls(
+                str(data["server"]),
+                str(data.get("db", "")),
+                str(data["key"]),
+                str(data.get("template", "")),
+            )
+            latency = data["latency_us"]
+            stats.count = int(data["count"])
+            stats.commands = {str(k): int(v) for k, v in dict(data.get("commands", {})).items()}
+            stats.errors = {str(k): int(v) for k, v in dict(data.get("errors", {})).items()}
+            stats.latency_sum = int(latency["sum"])
+            stats.latency_min = int(latency["min"])
+            stats.latency_max = int(latency["max"])
+            stats.sketch = LatencySketch.from_json(latency["sketch"])
+            stats.ttfb_sum = int(data.get("ttfb_us_sum", 0))
+            for name in (
+                "rows_sent",
+                "rows_affected",
+                "bytes_in",
+                "bytes_out",
+                "no_index_used",
+                "no_good_index_used",
+                "warnings",
+                "incomplete",
+                "first_seen_ns",
+                "last_seen_ns",
+            ):
+                setattr(stats, name, int(data.get(name, 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"bad template entry: {exc!r}") from None
+        return stats
+
+
+@dataclass(order=True)
+class SlowQuery:
+    """A sample of one statement slower than the threshold."""
+
+    latency_us: int
+    start_ns: int = field(compare=True)
+    key: str = field(compare=False, default="")
+    sql: str = field(compare=False, default="")
+    params: list[Any] | None = field(compare=False, default=None)
+    db: str = field(compare=False, default="")
+    user: str = field(compare=False, default="")
+    client: str = field(compare=False, default="")
+    server: str = field(compare=False, default="")
+    conn_id: int | None = field(compare=False, default=None)
+    error: dict[str, Any] | None = field(compare=False, default=None)
+    rows_sent: int = field(compare=False, default=0)
+    rows_affected: int = field(compare=False, default=0)
+    trace_id: str = field(compare=False, default="")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "key": self.key,
+            "sql": self.sql,
+            "params": self.params,
+            "db": self.db,
+            "user": self.user,
+            "client": self.client,
+            "server": self.server,
+            "conn_id": self.conn_id,
+            "start_ns": self.start_ns,
+            "latency_us": self.latency_us,
+            "rows_sent": self.rows_sent,
+            "rows_affected": self.rows_affected,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SlowQuery:
+        try:
+            return cls(
+                latency_us=int(data["latency_us"]),
+                start_ns=int(data["start_ns"]),
+                key=str(data["key"]),
+                sql=str(data.get("sql", "")),
+                params=list(data["params"]) if data.get("params") is not None else None,
+                db=str(data.get("db", "")),
+                user=str(data.get("user", "")),
+                client=str(data.get("client", "")),
+                server=str(data.get("server", "")),
+                conn_id=int(data["conn_id"]) if data.get("conn_id") is not None else None,
+                error=dict(data["error"]) if data.get("error") else None,
+                rows_sent=int(data.get("rows_sent", 0)),
+                rows_affected=int(data.get("rows_affected", 0)),
+                trace_id=str(data.get("trace_id", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"bad slow sample: {exc!r}") from None
+
+
+class SlowSamples:
+    """The worst ``limit`` slow statements of an interval (a min-heap by latency)."""
+
+    __slots__ = ("_heap", "dropped", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._heap: list[SlowQuery] = []
+        self.dropped = 0
+
+    def offer(self, sample: SlowQuery) -> None:
+        heap = self._heap
+        if len(heap) < self.limit:
+            heapq.heappush(heap, sample)
+        elif self.limit and sample > heap[0]:
+            heapq.heapreplace(heap, sample)
+            self.dropped += 1
+        else:
+            self.dropped += 1
+
+    def would_keep(self, latency_us: int) -> bool:
+        return len(self._heap) < self.limit or (self.limit > 0 and latency_us > self._heap[0].latency_us)
+
+    def merge(self, samples: Iterable[SlowQuery], dropped: int = 0) -> None:
+        for sample in samples:
+            self.offer(sample)
+        self.dropped += dropped
+
+    def worst_first(self) -> list[SlowQuery]:
+        return sorted(self._heap, reverse=True)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+def merge_templates(into: dict[tuple[str, str, str], TemplateStats], stats: Iterable[TemplateStats]) -> None:
+    """Add ``stats`` into ``into``, keyed by (server, db, key)."""
+    for item in stats:
+        have = into.get(item.ident)
+        if have is None:
+            have = into[item.ident] = TemplateStats(item.server, item.db, item.key, item.template)
+        have.merge(item)
+
+
+def add_counters(into: dict[str, int], other: Mapping[str, Any]) -> None:
+    for name, value in other.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            into[name] = into.get(name, 0) + value

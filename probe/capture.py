@@ -1,0 +1,221 @@
+"""Capture adapter: the only module that talks to libpcap (pcapy-ng).
+
+Owns opening pcap/pcapng files (gzip'd ones through a pipe, never a temp copy) and live
+devices, reading them in batches (``next_batch``: one C call per up to N packets), BPF
+filters for the watched ports, and the pcap/kernel drop counters. It yields
+``(buffer, meta)`` batches where ``meta`` holds 16-byte records (sec, usec, offset,
+caplen); ``iter_packets`` turns a batch into ``(ts_ns, frame)`` pairs.
+
+A truncated file makes libpcap fail the whole batch that holds the broken record; the
+reader then reopens the file, skips what it already delivered and reads the rest one packet
+at a time, so every complete packet before the damage is still delivered, and ``error``
+says what was wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pcapy
+
+_META = struct.Struct("IIII")
+_GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_BATCH = 256
+
+
+class CaptureError(Exception):
+    """A capture source could not be opened or read; the message is one line for the user."""
+
+
+def iter_packets(buffer: bytes, meta: bytes) -> Iterator[tuple[int, bytes]]:
+    for sec, usec, offset, caplen in _META.iter_unpack(meta):
+        yield sec * 1_000_000_000 + usec * 1000, buffer[offset : offset + caplen]
+
+
+class _GunzipPipe:
+    """A FIFO that a thread fills with the decompressed file, for libpcap to read."""
+
+    def __init__(self, path: str) -> None:
+        self.source = path
+        self._dir = tempfile.mkdtemp(prefix="mysqlprobe-")
+        self.path = os.path.join(self._dir, "capture.pcap")
+        os.mkfifo(self.path)
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._pump, name="gunzip", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            with open(self.path, "wb") as out, gzip.open(self.source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except BrokenPipeError:
+            pass
+        except (OSError, EOFError) as exc:
+            self.error = f"{self.source}: {exc}"
+
+    def close(self) -> None:
+        # Unblock a writer still waiting for the reader, then remove the FIFO.
+        if self._thread.is_alive():
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+                os.close(fd)
+            except OSError:
+                pass
+            self._thread.join(timeout=5)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class FileCapture:
+    """Packets of a pcap or pcapng file, plain or gzip'd."""
+
+    def __init__(self, path: str, bpf: str | None = None) -> None:
+        self.path = path
+        self.bpf = bpf
+        self.error: str | None = None
+        self.delivered = 0
+        self._pipe: _GunzipPipe | None = None
+        try:
+            with open(path, "rb") as fh:
+                self.gzipped = fh.read(2) == _GZIP_MAGIC
+        except OSError as exc:
+            raise CaptureError(f"{path}: {exc.strerror or exc}") from None
+        self._reader = self._open()
+        self.linktype: int = self._reader.datalink()
+
+    def _open(self) -> Any:
+        name = self.path
+        if self.gzipped:
+            if self._pipe is not None:
+                self._pipe.close()
+            self._pipe = _GunzipPipe(self.path)
+            name = self._pipe.path
+        try:
+            reader = pcapy.open_offline(name)
+        except pcapy.PcapError as exc:
+            self.close()
+            detail = self._pipe.error if self._pipe is not None and self._pipe.error else str(exc)
+            raise CaptureError(f"{self.path}: not a readable capture file ({detail})") from None
+        if self.bpf:
+            reader.setfilter(self.bpf)
+        return reader
+
+    def batches(self, size: int = DEFAULT_BATCH) -> Iterator[tuple[bytes, bytes]]:
+        reader = self._reader
+        while True:
+            try:
+                buffer, meta = reader.next_batch(size)
+            except pcapy.PcapError as exc:
+                yield from self._recover(str(exc))
+                return
+            if not meta:
+                if self._pipe is not None and self._pipe.error:
+                    self.error = self._pipe.error
+                return
+            self.delivered += len(meta) // _META.size
+            yield buffer, meta
+
+    def _recover(self, message: str) -> Iterator[tuple[bytes, bytes]]:
+        """Re-read the damaged batch packet by packet, up to the damage."""
+        reader = self._open()
+        for _ in range(self.delivered):
+            header, _data = reader.next()
+            if header is None:
+                break
+        while True:
+            try:
+                header, data = reader.next()
+            except pcapy.PcapError as exc:
+                message = str(exc)
+                break
+            if header is None:
+                break
+            sec, usec = header.getts()
+            meta = _META.pack(sec, usec, 0, len(data))
+            self.delivered += 1
+            yield data, meta
+        if self._pipe is not None and self._pipe.error:
+            message = self._pipe.error
+        self.error = f"{self.path}: {message}"
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+
+def port_filter(ports: frozenset[int] | set[int] | list[int]) -> str:
+    """BPF for TCP to or from the ports, over IPv4 and IPv6 (and VLAN-tagged frames)."""
+    expr = " or ".join(f"tcp port {port}" for port in sorted(ports))
+    return f"({expr}) or (vlan and ({expr}))"
+
+
+class LiveCapture:
+    """A live pcap handle on one device, non-blocking, optionally in a fanout group.
+
+    pcapy-ng's bundled libpcap never times out a blocking read on an idle link, so the
+    handle is non-blocking and callers ``select`` on ``fileno()``; pcapy-ng does not expose
+    ``pcap_set_immediate_mode``, so ``immediate`` sets a 1 ms buffer timeout instead.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        bpf: str | None,
+        *,
+        snaplen: int = 65535,
+        buffer_bytes: int = 32 << 20,
+        immediate: bool = True,
+        timeout_ms: int = 100,
+        promisc: bool = False,
+        fanout_group: int | None = None,
+    ) -> None:
+        self.device = device
+        try:
+            handle = pcapy.create(device)
+            handle.set_snaplen(snaplen)
+            handle.set_promisc(1 if promisc else 0)
+            handle.set_timeout(1 if immediate else timeout_ms)
+            handle.set_buffer_size(buffer_bytes)
+            handle.activate()
+            if bpf:
+                handle.setfilter(bpf)
+            handle.setnonblock(1)
+            if fanout_group is not None:
+                handle.set_fanout(fanout_group, pcapy.PACKET_FANOUT_HASH)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"cannot capture on {device}: {exc}") from None
+        self._handle = handle
+        self.linktype: int = handle.datalink()
+
+    def fileno(self) -> int:
+        return int(self._handle.getfd())
+
+    def read_batch(self, size: int = DEFAULT_BATCH) -> tuple[bytes, bytes]:
+        """Whatever is ready now, up to ``size`` packets; empty when nothing is."""
+        try:
+            buffer, meta = self._handle.next_batch(size)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"capture on {self.device} failed: {exc}") from None
+        return buffer, meta
+
+    def stats(self) -> tuple[int, int, int]:
+        """(received, dropped by the kernel, dropped by the interface) since opening."""
+        received, dropped, if_dropped = self._handle.stats()
+        return int(received), int(dropped), int(if_dropped)
+
+    def dispatch_to(self, dumper: Any, count: int = -1) -> int:
+        """Write what is ready to a pcap dumper (tests and ``--write``); returns packets."""
+        return int(self._handle.dispatch(count, dumper.dump))
+
+    def dump_open(self, path: str) -> Any:
+        return self._handle.dump_open(path)
+
+    def close(self) -> None:
+        self._handle.close()

@@ -1,0 +1,327 @@
+"""TCP connections: the connection table and per-direction reassembly by sequence number.
+
+Owns which connections exist, their byte streams in order, and the losses in them. Each
+direction is a ``HalfStream`` that maps 32-bit sequence numbers to 64-bit stream offsets,
+delivers in-order bytes at once, trims retransmissions, holds out-of-order segments (a
+bounded number of bytes) and declares a gap when the bytes cannot come any more: when the
+peer acknowledged them (the receiver got them, we did not), when the out-of-order buffer
+is full, or at teardown. Gaps go to the MySQL conversation, which resynchronises.
+
+Sans-I/O: ``FlowTable.segment(ts_ns, segment)`` and ``expire(now_ns)`` are all there is;
+events come back through the ``on_events`` callback given at construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
+from probe.mysql.conversation import Conversation, ConversationLimits
+from probe.mysql.events import TO_CLIENT, TO_SERVER, Event
+from probe.normalize import Normalizer
+
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+
+#: Default bounds (documented in config.yaml).
+DEFAULT_MAX_CONNECTIONS = 20_000
+DEFAULT_MAX_OOO_BYTES = 1 << 20
+DEFAULT_HALF_CLOSED_TIMEOUT_NS = 60 * 1_000_000_000
+
+
+@dataclass
+class FlowCounters:
+    tcp_segments: int = 0
+    other_ports: int = 0
+    retransmitted: int = 0
+    out_of_order: int = 0
+    gaps: int = 0
+    gap_bytes: int = 0
+    ooo_overflows: int = 0
+    connections_opened: int = 0
+    connections_midstream: int = 0
+    connections_closed: int = 0
+    connections_evicted: int = 0
+    connections_expired: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class HalfStream:
+    """One direction of a connection in stream offsets."""
+
+    __slots__ = ("fin", "next_seq", "offset", "ooo", "ooo_bytes", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.next_seq = 0
+        self.offset = 0  # stream offset of next_seq
+        self.ooo: dict[int, bytes] = {}  # stream offset -> bytes held out of order
+        self.ooo_bytes = 0
+        self.fin = False
+
+    def start(self, seq: int) -> None:
+        self.started = True
+        self.next_seq = seq & _MASK
+
+    def offset_of(self, seq: int) -> int:
+        return self.offset + (((seq - self.next_seq + _HALF) & _MASK) - _HALF)
+
+    def advance(self, size: int) -> None:
+        self.offset += size
+        self.next_seq = (self.next_seq + size) & _MASK
+
+
+class Connection:
+    __slots__ = ("client", "conv", "halves", "last_ns", "server")
+
+    def __init__(self, client: str, server: str, conv: Conversation, now_ns: int) -> None:
+        self.client = client
+        self.server = server
+        self.conv = conv
+        self.halves = (HalfStream(), HalfStream())  # indexed by direction
+        self.last_ns = now_ns
+
+
+def endpoint(addr: bytes, port: int) -> str:
+    ip = ip_address(addr)
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+@dataclass
+class FlowLimits:
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES
+    half_closed_timeout_ns: int = DEFAULT_HALF_CLOSED_TIMEOUT_NS
+    idle_timeout_ns: int = 0  # 0: open connections never expire by time alone
+    conversation: ConversationLimits = field(default_factory=ConversationLimits)
+
+
+class FlowTable:
+    """Connections to the watched server port(s), keyed by (client ip, port, server ip, port)."""
+
+    def __init__(
+        self,
+        ports: frozenset[int],
+        on_events: Callable[[list[Event]], None],
+        normalizer: Normalizer,
+        *,
+        server_ips: frozenset[bytes] | None = None,
+        limits: FlowLimits | None = None,
+    ) -> None:
+        self.ports = ports
+        self.server_ips = server_ips
+        self.on_events = on_events
+        self.normalizer = normalizer
+        self.limits = limits or FlowLimits()
+        self.table: dict[tuple[bytes, int, bytes, int], Connection] = {}
+        self.counters = FlowCounters()
+        self.unparsed_closed = 0  # unparsed segments of connections already gone
+
+    # -- per segment --------------------------------------------------------------------------
+
+    def segment(self, ts: int, seg: Segment) -> None:
+        src, dst, sport, dport, seq, ack, flags, payload = seg
+        if dport in self.ports and (self.server_ips is None or dst in self.server_ips):
+            direction = TO_SERVER
+            key = (src, sport, dst, dport)
+        elif sport in self.ports and (self.server_ips is None or src in self.server_ips):
+            direction = TO_CLIENT
+            key = (dst, dport, src, sport)
+        else:
+            self.counters.other_ports += 1
+            return
+        self.counters.tcp_segments += 1
+        conn = self.table.get(key)
+        if flags & TCP_SYN:
+            conn = self._syn(ts, key, direction, seq, flags, conn)
+        elif conn is None:
+            if not payload or flags & TCP_RST:
+                return  # a bare ACK/FIN/RST: the tail of a connection we never saw or closed
+            conn = self._open(ts, key, from_start=False)
+        conn.last_ns = ts
+        half = conn.halves[direction]
+        other = conn.halves[1 - direction]
+        ack_off = None
+        if flags & TCP_ACK:
+            if not other.started:
+                other.start(ack)  # the peer's next byte is the one this side expects
+            if not other.fin:
+                ack_off = other.offset_of(ack)
+                if ack_off > other.offset:
+                    # The peer has acknowledged bytes we never saw: they cannot come now.
+                    self._declare_gap(ts, conn, 1 - direction, other, ack_off)
+        if payload:
+            if not half.started:
+                half.start(seq)
+            if seq == half.next_seq and not half.ooo:
+                half.offset += len(payload)
+                half.next_seq = (seq + len(payload)) & _MASK
+                events = conn.conv.feed(ts, direction, payload, ack_off)
+                if events:
+                    self.on_events(events)
+            else:
+                self._irregular(ts, conn, direction, half, seq, payload, ack_off)
+        if flags & (TCP_FIN | TCP_RST):
+            self._teardown(ts, key, conn, direction, half, flags)
+
+    def _syn(
+        self,
+        ts: int,
+        key: tuple[bytes, int, bytes, int],
+        direction: int,
+        seq: int,
+        flags: int,
+        conn: Connection | None,
+    ) -> Connection:
+        half_seq = (seq + 1) & _MASK
+        if conn is not None:
+            half = conn.halves[direction]
+            if half.started and half.next_seq == half_seq and half.offset == 0:
+                return conn  # retransmitted SYN or the SYN-ACK of this connection
+            if direction == TO_CLIENT and not half.started:
+                half.start(half_seq)
+                return conn
+            self._close(ts, key, conn, "reused")
+        conn = self._open(ts, key, from_start=True)
+        conn.halves[direction].start(half_seq)
+        return conn
+
+    def _open(self, ts: int, key: tuple[bytes, int, bytes, int], *, from_start: bool) -> Connection:
+        if len(self.table) >= self.limits.max_connections:
+            self._evict(ts)
+        client = endpoint(key[0], key[1])
+        server = endpoint(key[2], key[3])
+        conv = Conversation(
+            client, server, self.normalizer, from_start=from_start, limits=self.limits.conversation
+        )
+        conn = Connection(client, server, conv, ts)
+        self.table[key] = conn
+        self.counters.connections_opened += 1
+        if not from_start:
+            self.counters.connections_midstream += 1
+        return conn
+
+    def _irregular(
+        self,
+        ts: int,
+        conn: Connection,
+        direction: int,
+        half: HalfStream,
+        seq: int,
+        payload: bytes,
+        ack_off: int | None,
+    ) -> None:
+        off = half.offset_of(seq)
+        end = off + len(payload)
+        if end <= half.offset:
+            self.counters.retransmitted += 1
+            return
+        if off > half.offset:
+            held = half.ooo.get(off)
+            if held is None or len(held) < len(payload):
+                half.ooo_bytes += len(payload) - (len(held) if held is not None else 0)
+                half.ooo[off] = payload
+            self.counters.out_of_order += 1
+            if half.ooo_bytes > self.limits.max_ooo_bytes:
+                self.counters.ooo_overflows += 1
+                self._declare_gap(ts, conn, direction, half, min(half.ooo))
+            return
+        if off < half.offset:
+            self.counters.retransmitted += 1
+            payload = payload[half.offset - off :]
+        half.advance(len(payload))
+        self._feed(ts, conn, direction, payload, ack_off)
+        self._drain(ts, conn, direction, half)
+
+    def _drain(self, ts: int, conn: Connection, direction: int, half: HalfStream) -> None:
+        """Deliver held segments that have become contiguous."""
+        while half.ooo:
+            start = min(half.ooo)
+            if start > half.offset:
+                return
+            data = half.ooo.pop(start)
+            half.ooo_bytes -= len(data)
+            if start + len(data) <= half.offset:
+                continue
+            data = data[half.offset - start :]
+            half.advance(len(data))
+            self._feed(ts, conn, direction, data, None)
+
+    def _declare_gap(self, ts: int, conn: Connection, direction: int, half: HalfStream, upto: int) -> None:
+        if half.ooo:
+            upto = min(upto, min(half.ooo))
+        size = upto - half.offset
+        if size <= 0:
+            return
+        self.counters.gaps += 1
+        self.counters.gap_bytes += size
+        half.advance(size)
+        events = conn.conv.gap(ts, direction, size)
+        if events:
+            self.on_events(events)
+        self._drain(ts, conn, direction, half)
+
+    def _feed(self, ts: int, conn: Connection, direction: int, data: bytes, ack_off: int | None) -> None:
+        events = conn.conv.feed(ts, direction, data, ack_off)
+        if events:
+            self.on_events(events)
+
+    def _teardown(
+        self,
+        ts: int,
+        key: tuple[bytes, int, bytes, int],
+        conn: Connection,
+        direction: int,
+        half: HalfStream,
+        flags: int,
+    ) -> None:
+        if flags & TCP_RST:
+            self._close(ts, key, conn, "reset")
+            return
+        if half.started and not half.fin:
+            half.fin = True
+            half.next_seq = (half.next_seq + 1) & _MASK
+        if conn.halves[1 - direction].fin or not conn.halves[1 - direction].started:
+            self._close(ts, key, conn, "closed")
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def _close(self, ts: int, key: tuple[bytes, int, bytes, int], conn: Connection, reason: str) -> None:
+        for direction, half in enumerate(conn.halves):
+            if half.ooo:
+                self._declare_gap(ts, conn, direction, half, max(o + len(d) for o, d in half.ooo.items()))
+        events = conn.conv.close(ts, reason)
+        if events:
+            self.on_events(events)
+        self.unparsed_closed += conn.conv.unparsed_segments
+        if self.table.get(key) is conn:
+            del self.table[key]
+        self.counters.connections_closed += 1
+
+    def _evict(self, ts: int) -> None:
+        """The table is full: close the least recently active 1/16 of it."""
+        victims = sorted(self.table.items(), key=lambda item: item[1].last_ns)
+        for key, conn in victims[: max(1, len(victims) // 16)]:
+            self._close(ts, key, conn, "evicted")
+            self.counters.connections_evicted += 1
+
+    def expire(self, now_ns: int) -> None:
+        """Drop half-closed connections (and idle ones, when an idle timeout is set)."""
+        half_closed = now_ns - self.limits.half_closed_timeout_ns
+        idle = now_ns - self.limits.idle_timeout_ns if self.limits.idle_timeout_ns else None
+        for key, conn in list(self.table.items()):
+            closing = conn.halves[0].fin or conn.halves[1].fin
+            if (closing and conn.last_ns < half_closed) or (idle is not None and conn.last_ns < idle):
+                self._close(now_ns, key, conn, "expired")
+                self.counters.connections_expired += 1
+
+    def close_all(self, now_ns: int, reason: str) -> None:
+        for key, conn in list(self.table.items()):
+            self._close(now_ns, key, conn, reason)
+
+    def unparsed_segments(self) -> int:
+        return self.unparsed_closed + sum(conn.conv.unparsed_segments for conn in self.table.values())
