@@ -137,9 +137,7 @@ class Aggregator:
                     client=client,
                     server=server,
                     conn_id=conn_id,
-                    error={"code": error_code, "sqlstate": sqlstate, "message": error_message}
-                    if error_code
-                    else None,
+                    error={"code": error_code, "sqlstate": sqlstate, "message": error_message} if error_code else None,
                     rows_sent=rows_sent,
                     rows_affected=rows_affected,
                 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import NamedTuple
 
 # pcap link types (DLT_* as libpcap reports them, plus LINKTYPE_* of files).
 LINKTYPE_NULL = 0
@@ -40,17 +39,16 @@ TCP_RST = 0x04
 TCP_ACK = 0x10
 
 _TCP = struct.Struct("!HHII")
+_TCP_HEAD = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
+# Ethernet + IPv4 without options: ethertype, total length, flags/fragment offset,
+# protocol, source, destination.
+_ETH_IPV4 = struct.Struct("!12xH2xH2xHxB2x4s4s")
 
 
-class Segment(NamedTuple):
-    src: bytes  # packed IPv4 (4 bytes) or IPv6 (16 bytes) address
-    dst: bytes
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    payload: bytes
+#: A TCP segment: (src, dst, sport, dport, seq, ack, flags, payload). Addresses are packed
+#: IPv4 (4 bytes) or IPv6 (16 bytes). A plain tuple: built once per packet, and a named
+#: tuple's Python-level constructor costs 3x more.
+Segment = tuple[bytes, bytes, int, int, int, int, int, bytes]
 
 
 @dataclass
@@ -116,7 +114,7 @@ def _ip_decoder(counters: DecodeCounters) -> Callable[[bytes, int], Segment | No
             return None
         if end > len(frame):
             end = len(frame)  # snap length cut the frame: keep what was captured
-        return Segment(src, dst, sport, dport, seq, ack, flags, frame[data_off:end])
+        return (src, dst, sport, dport, seq, ack, flags, frame[data_off:end])
 
     return ip
 
@@ -126,8 +124,18 @@ def make_decoder(linktype: int, counters: DecodeCounters) -> Callable[[bytes], S
     ip = _ip_decoder(counters)
 
     if linktype == LINKTYPE_ETHERNET:
+        fixed = _ETH_IPV4.unpack_from
+        tcp = _TCP_HEAD.unpack_from
 
         def ethernet(frame: bytes) -> Segment | None:
+            # Fast path: untagged Ethernet, IPv4 without options, TCP, no fragment. One
+            # struct call reads the fixed headers (1.0 µs a packet against 1.9 µs).
+            if len(frame) >= 54 and frame[14] == 0x45:
+                ethertype, total, frag, proto, src, dst = fixed(frame)
+                if ethertype == ETHERTYPE_IPV4 and proto == 6 and not frag & 0x3FFF:
+                    sport, dport, seq, ack, data_off, flags = tcp(frame, 34)
+                    end = 14 + total if total else len(frame)
+                    return (src, dst, sport, dport, seq, ack, flags, frame[34 + (data_off >> 4 << 2) : end])
             if len(frame) < 14:
                 counters.truncated += 1
                 return None

@@ -9,11 +9,13 @@ end of a capture. The same packets therefore give the same report, live or offli
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from probe.aggregate import DEFAULT_MAX_SLOW, DEFAULT_MAX_TEMPLATES, Aggregator, Interval
-from probe.decode import DecodeCounters, Segment, make_decoder
+from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, DecodeCounters, Segment, make_decoder
 from probe.flows import FlowLimits, FlowTable
 from probe.mysql.events import (
     CommandCompleted,
@@ -27,6 +29,7 @@ from probe.mysql.events import (
 )
 from probe.normalize import DEFAULT_CACHE_SIZE, Normalizer
 
+_META = struct.Struct("IIII")
 #: How often (packet time) the flow table is swept for expired connections.
 _SWEEP_EVERY_NS = 5_000_000_000
 
@@ -50,6 +53,91 @@ class EngineConfig:
     normalizer_cache: int = DEFAULT_CACHE_SIZE
     """Entries per normalizer cache."""
     flows: FlowLimits = field(default_factory=FlowLimits)
+    shard: tuple[int, int] = (0, 1)
+    """(index, count): analyse only the connections this shard owns (see ``FlowTable``).
+    Replay runs one engine per core over the same file this way; live capture shards in
+    the kernel instead (PACKET_FANOUT_HASH)."""
+
+
+class Sharder:
+    """Which connections one of ``count`` replay workers owns.
+
+    Every worker reads every packet and keeps this map the same way, from packet headers
+    alone, so each connection has exactly one owner. Owners are dealt round-robin in order
+    of first sight: balanced even for a handful of connections, where a hash of the ports
+    is lumpy. For untagged Ethernet/IPv4 frames the key is read straight from the header
+    bytes, so a packet of another worker's connection costs a slice and a dict lookup.
+    """
+
+    def __init__(self, ports: frozenset[int], index: int, count: int, max_connections: int) -> None:
+        self.ports = ports
+        self.index = index
+        self.count = count
+        self.limit = 4 * max_connections
+        self._owners: dict[bytes, list[int]] = {}
+        self._next = 0
+
+    def owns(self, buffer: bytes, offset: int, caplen: int, decode: Callable[[bytes], Segment | None]) -> bool:
+        if (
+            caplen >= 54
+            and buffer[offset + 14] == 0x45
+            and buffer[offset + 12] == 8
+            and buffer[offset + 13] == 0
+            and buffer[offset + 23] == 6
+        ):
+            base = offset + 26
+            dport = buffer[base + 10] << 8 | buffer[base + 11]
+            if dport in self.ports:
+                key = buffer[base : base + 12]
+                direction = 0
+            else:
+                key = (
+                    buffer[base + 4 : base + 8]
+                    + buffer[base : base + 4]
+                    + buffer[base + 10 : base + 12]
+                    + buffer[base + 8 : base + 10]
+                )
+                direction = 1
+            flags = buffer[offset + 47]
+            total = buffer[offset + 16] << 8 | buffer[offset + 17]
+            has_payload = total > 20 + ((buffer[offset + 46] >> 4) << 2)
+        else:
+            segment = decode(buffer[offset : offset + caplen])
+            if segment is None:
+                return True  # counted by the decoder in every worker alike; harmless
+            src, dst, sport, dport, _, _, flags, payload = segment
+            if dport in self.ports:
+                key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+                direction = 0
+            else:
+                key = dst + src + dport.to_bytes(2, "big") + sport.to_bytes(2, "big")
+                direction = 1
+            has_payload = bool(payload)
+        return self._owner(key, direction, flags, has_payload) == self.index
+
+    def _owner(self, key: bytes, direction: int, flags: int, has_payload: bool) -> int:
+        owners = self._owners
+        entry = owners.get(key)
+        client_syn = flags & TCP_SYN and not flags & TCP_ACK
+        if entry is None or (client_syn and entry[1]):
+            if not has_payload and not flags & TCP_SYN:
+                return -1  # a bare ACK/FIN/RST of an unknown connection: nobody's
+            if len(owners) >= self.limit:
+                del owners[next(iter(owners))]
+            entry = owners[key] = [self._next, 0]
+            self._next = (self._next + 1) % self.count
+        elif client_syn:
+            entry[1] = 1
+        owner = entry[0]
+        if flags & TCP_RST:
+            del owners[key]
+        elif flags & TCP_FIN:
+            entry[1] |= 2 << direction
+            if entry[1] & 6 == 6:
+                del owners[key]
+        elif not flags & TCP_SYN:
+            entry[1] |= 1
+        return owner
 
 
 class Engine:
@@ -71,15 +159,47 @@ class Engine:
             server_ips=config.server_ips,
             limits=config.flows,
         )
+        index, count = config.shard
+        self._sharder = Sharder(config.ports, index, count, config.flows.max_connections) if count > 1 else None
         self.packets = 0
         self.bytes = 0
+        self.first_ns = 0  # timestamp of the first packet seen
+        self.last_ns = 0
         self.events: dict[str, int] = {}
         self.servers: dict[str, str] = {}  # server address -> version, from greetings
         self._next_sweep = 0
 
     # -- input ----------------------------------------------------------------------------
 
+    def batch(self, buffer: bytes, meta: bytes) -> None:
+        """A batch as the capture adapter reads it: 16-byte (sec, usec, offset, caplen) records."""
+        if not meta:
+            return
+        decode = self._decode
+        segment = self.flows.segment
+        sharder = self._sharder
+        ts = 0
+        for sec, usec, offset, caplen in _META.iter_unpack(meta):
+            if sharder is not None and not sharder.owns(buffer, offset, caplen, decode):
+                continue
+            ts = sec * 1_000_000_000 + usec * 1000
+            decoded = decode(buffer[offset : offset + caplen])
+            if decoded is not None:
+                segment(ts, decoded)
+        sec, usec = _META.unpack_from(meta)[:2]
+        if not self.first_ns:
+            self.first_ns = sec * 1_000_000_000 + usec * 1000
+        sec, usec = _META.unpack_from(meta, len(meta) - _META.size)[:2]
+        self.last_ns = sec * 1_000_000_000 + usec * 1000
+        self.packets += len(meta) // _META.size
+        self.bytes += len(buffer)
+        if self.last_ns >= self._next_sweep:
+            self.tick(self.last_ns)
+
     def packet(self, ts: int, frame: bytes) -> None:
+        if not self.first_ns:
+            self.first_ns = ts
+        self.last_ns = ts
         self.packets += 1
         self.bytes += len(frame)
         segment = self._decode(frame)
@@ -135,6 +255,7 @@ class Engine:
         """Cumulative counters since the engine started."""
         counters: dict[str, Any] = {"packets": self.packets, "bytes": self.bytes}
         counters.update(self.decode_counters.as_dict())
+        counters["tcp_segments"] = self.flows.tcp_segments
         counters.update(self.flows.counters.as_dict())
         for name in (
             "responses_lost",

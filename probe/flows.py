@@ -33,7 +33,6 @@ DEFAULT_HALF_CLOSED_TIMEOUT_NS = 60 * 1_000_000_000
 
 @dataclass
 class FlowCounters:
-    tcp_segments: int = 0
     other_ports: int = 0
     retransmitted: int = 0
     out_of_order: int = 0
@@ -119,22 +118,24 @@ class FlowTable:
         self.limits = limits or FlowLimits()
         self.table: dict[tuple[bytes, int, bytes, int], Connection] = {}
         self.counters = FlowCounters()
+        self.tcp_segments = 0  # kept apart from ``counters``: it moves on every packet
         self.unparsed_closed = 0  # unparsed segments of connections already gone
 
     # -- per segment --------------------------------------------------------------------------
 
     def segment(self, ts: int, seg: Segment) -> None:
         src, dst, sport, dport, seq, ack, flags, payload = seg
-        if dport in self.ports and (self.server_ips is None or dst in self.server_ips):
+        server_ips = self.server_ips
+        if dport in self.ports and (server_ips is None or dst in server_ips):
             direction = TO_SERVER
             key = (src, sport, dst, dport)
-        elif sport in self.ports and (self.server_ips is None or src in self.server_ips):
+        elif sport in self.ports and (server_ips is None or src in server_ips):
             direction = TO_CLIENT
             key = (dst, dport, src, sport)
         else:
             self.counters.other_ports += 1
             return
-        self.counters.tcp_segments += 1
+        self.tcp_segments += 1
         conn = self.table.get(key)
         if flags & TCP_SYN:
             conn = self._syn(ts, key, direction, seq, flags, conn)
@@ -150,7 +151,7 @@ class FlowTable:
             if not other.started:
                 other.start(ack)  # the peer's next byte is the one this side expects
             if not other.fin:
-                ack_off = other.offset_of(ack)
+                ack_off = other.offset + (((ack - other.next_seq + _HALF) & _MASK) - _HALF)
                 if ack_off > other.offset:
                     # The peer has acknowledged bytes we never saw: they cannot come now.
                     self._declare_gap(ts, conn, 1 - direction, other, ack_off)
@@ -195,9 +196,7 @@ class FlowTable:
             self._evict(ts)
         client = endpoint(key[0], key[1])
         server = endpoint(key[2], key[3])
-        conv = Conversation(
-            client, server, self.normalizer, from_start=from_start, limits=self.limits.conversation
-        )
+        conv = Conversation(client, server, self.normalizer, from_start=from_start, limits=self.limits.conversation)
         conn = Connection(client, server, conv, ts)
         self.table[key] = conn
         self.counters.connections_opened += 1

@@ -649,9 +649,7 @@ def _tokens(sql: str) -> Iterator[tuple[int, str]]:
         text = match.group()
         if kind == "word":
             upper = text.upper()
-            if upper in RESERVED_WORDS or (
-                upper in FUNCTION_NAMES and sql[match.end() : match.end() + 1] == "("
-            ):
+            if upper in RESERVED_WORDS or (upper in FUNCTION_NAMES and sql[match.end() : match.end() + 1] == "("):
                 yield _KW, upper
             else:
                 yield _ID, text
@@ -756,10 +754,7 @@ def _render(tokens: list[tuple[int, str]]) -> str:
         if parts and not (
             text in _NO_SPACE_BEFORE
             or prev_text in _NO_SPACE_AFTER
-            or (
-                text == "("
-                and (prev_kind == _ID or (prev_kind == _KW and prev_text not in _SPACED_BEFORE_PAREN))
-            )
+            or (text == "(" and (prev_kind == _ID or (prev_kind == _KW and prev_text not in _SPACED_BEFORE_PAREN)))
             or (prev_kind == _OP and prev_text in ("@", "~"))
         ):
             parts.append(" ")

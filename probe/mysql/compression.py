@@ -76,9 +76,5 @@ def looks_compressed(data: bytes) -> bool:
     if ulen == 0:
         # Stored frame: must hold a whole plain packet with sequence 0.
         inner = data[HEADER_SIZE:]
-        return (
-            len(inner) >= 5
-            and (inner[0] | inner[1] << 8 | inner[2] << 16) + 4 == len(inner)
-            and inner[3] == 0
-        )
+        return len(inner) >= 5 and (inner[0] | inner[1] << 8 | inner[2] << 16) + 4 == len(inner) and inner[3] == 0
     return data[HEADER_SIZE] == 0x78 and ulen >= clen // 2

@@ -70,9 +70,7 @@ def text_workload(server: MariaDB, rounds: int = 30, seed: int = 7) -> dict[str,
                 cur.execute("SELECT * FROM items WHERE price BETWEEN %s AND %s", (r, r + 100))
                 cur.fetchall()
                 cur.execute("UPDATE items SET qty = qty + 1 WHERE id = %s", (rng.randint(1, 500),))
-                cur.execute(
-                    "INSERT INTO logs (msg, n) VALUES (%s, %s), (%s, %s)", (f"m{r}", r, f"m{r}b", r + 1)
-                )
+                cur.execute("INSERT INTO logs (msg, n) VALUES (%s, %s), (%s, %s)", (f"m{r}", r, f"m{r}b", r + 1))
                 cur.execute("SELECT /* tagged */ COUNT(*) FROM logs")
                 cur.fetchall()
                 with contextlib.suppress(pymysql.err.ProgrammingError):
@@ -198,9 +196,7 @@ class Accounting:
                 continue
             keys = top_keys.get(digest)
             if not keys:
-                raise AssertionError(
-                    f"digest {digest} ({text}) has {top} top-level statements but no SQL text"
-                )
+                raise AssertionError(f"digest {digest} ({text}) has {top} top-level statements but no SQL text")
             if len(keys) > 1:
                 raise AssertionError(f"digest {digest} ({text}) maps to several templates: {keys}")
             entry = expected.setdefault(next(iter(keys)), [0, 0])

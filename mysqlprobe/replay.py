@@ -1,0 +1,248 @@
+"""``mysqlprobe replay``: the probe engine over a capture file, on every core.
+
+Owns running the engine offline and turning its statistics into the replay document.
+The file is read by ``workers`` processes at once, each analysing the connections of its
+shard (client port + server port modulo the number of workers, so both directions of a
+connection land in the same worker); their statistics merge exactly (counts add, sketches
+add bucket by bucket), so the document is the same for any number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import struct
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from message.report import SCHEMA_VERSION, SlowQuery, SlowSamples, TemplateStats, add_counters, merge_templates
+from probe.capture import CaptureError, FileCapture
+from probe.engine import Engine, EngineConfig
+
+_RECORD_OVERHEAD = 16  # pcap record header, for progress by bytes
+STATEMENT_COMMANDS = ("Query", "Execute", "Bulk Execute")
+
+
+@dataclass
+class ReplayOptions:
+    path: str
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    workers: int = 1
+
+
+@dataclass
+class ShardResult:
+    templates: list[TemplateStats]
+    slow: list[SlowQuery]
+    slow_dropped: int
+    counters: dict[str, int]
+    capture: dict[str, Any]
+    first_ns: int
+    last_ns: int
+    error: str | None
+
+
+@dataclass
+class ReplayResult:
+    path: str
+    templates: dict[tuple[str, str, str], TemplateStats]
+    slow: list[SlowQuery]
+    slow_dropped: int
+    counters: dict[str, int]
+    capture: dict[str, Any]
+    first_ns: int
+    last_ns: int
+    error: str | None
+    elapsed_s: float
+    workers: int
+
+
+def estimated_size(path: str) -> int:
+    """Bytes libpcap will read: the file size, or a gzip file's recorded plain size."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return size
+        fh.seek(-4, os.SEEK_END)
+        plain = int(struct.unpack("<I", fh.read(4))[0])
+    return plain if plain >= size else size * 4  # the trailer holds the size modulo 2**32
+
+
+def run_shard(
+    path: str,
+    config: EngineConfig,
+    progress: Callable[[int], None] | None = None,
+) -> ShardResult:
+    capture = FileCapture(path)
+    try:
+        engine = Engine(config, capture.linktype)
+        done = 0
+        for buffer, meta in capture.batches():
+            engine.batch(buffer, meta)
+            if progress is not None:
+                done += len(buffer) + len(meta)
+                progress(done)
+        engine.finish(engine.last_ns)
+        interval = engine.drain()
+        return ShardResult(
+            templates=interval.templates,
+            slow=interval.slow,
+            slow_dropped=interval.slow_dropped,
+            counters=interval.counters,
+            capture=engine.capture_counters(),
+            first_ns=engine.first_ns,
+            last_ns=engine.last_ns,
+            error=capture.error,
+        )
+    finally:
+        capture.close()
+
+
+def _shard_process(path: str, config: EngineConfig, done: Any, pipe: Connection) -> None:
+    def progress(n: int) -> None:
+        done.value = n
+
+    try:
+        pipe.send(("ok", run_shard(path, config, progress)))
+    except BaseException as exc:  # reported by the parent, which owns the exit code
+        pipe.send(("error", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        pipe.close()
+
+
+def replay(options: ReplayOptions, on_progress: Callable[[float], None] | None = None) -> ReplayResult:
+    """Analyse the file; raises ``CaptureError`` if it cannot be opened at all."""
+    FileCapture(options.path).close()  # fail early, in one process, on a bad file
+    started = time.perf_counter()
+    workers = max(1, options.workers)
+    total = max(1, estimated_size(options.path))
+    configs = [_shard_config(options.engine, i, workers) for i in range(workers)]
+    if workers == 1:
+        callback = (lambda n: on_progress(n / total)) if on_progress is not None else None
+        results = [run_shard(options.path, configs[0], callback)]
+    else:
+        results = _run_parallel(options.path, configs, total, on_progress)
+    return _merge(options, results, time.perf_counter() - started, workers)
+
+
+def _shard_config(base: EngineConfig, index: int, count: int) -> EngineConfig:
+    config = EngineConfig(**{**base.__dict__, "shard": (index, count)})
+    return config
+
+
+def _run_parallel(
+    path: str,
+    configs: list[EngineConfig],
+    total: int,
+    on_progress: Callable[[float], None] | None,
+) -> list[ShardResult]:
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+    for config in configs:
+        done = ctx.Value("q", 0, lock=False)
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_shard_process, args=(path, config, done, sender), daemon=True)
+        proc.start()
+        sender.close()
+        procs.append((proc, done, receiver))
+    results: list[ShardResult] = []
+    pending = {id(r): (p, d, r) for p, d, r in procs}
+    outcome: dict[int, tuple[str, Any]] = {}
+    while pending:
+        if on_progress is not None:
+            on_progress(sum(d.value for _, d, _ in procs) / (total * len(procs)))
+        ready = multiprocessing.connection.wait([r for _, _, r in pending.values()], timeout=0.2)
+        for receiver in ready:
+            proc, _, _ = pending.pop(id(receiver))
+            try:
+                outcome[id(receiver)] = receiver.recv()
+            except EOFError:
+                outcome[id(receiver)] = ("error", f"worker {proc.pid} died (exit code {proc.exitcode})")
+            proc.join()
+    for _, _, receiver in procs:
+        status, value = outcome[id(receiver)]
+        if status != "ok":
+            raise RuntimeError(f"replay worker failed: {value}")
+        results.append(value)
+    return results
+
+
+def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, workers: int) -> ReplayResult:
+    templates: dict[tuple[str, str, str], TemplateStats] = {}
+    slow = SlowSamples(options.engine.max_slow)
+    counters: dict[str, int] = {}
+    capture: dict[str, Any] = {}
+    for result in results:
+        merge_templates(templates, result.templates)
+        slow.merge(result.slow, result.slow_dropped)
+        add_counters(counters, result.counters)
+        _add_capture(capture, result.capture)
+    # Every worker reads every packet; the packet-level counters are per file, not per shard.
+    for name in ("packets", "bytes", "non_ip", "non_tcp", "ip_fragments", "truncated", "other_ports"):
+        if name in capture:
+            capture[name] = results[0].capture.get(name, 0)
+    capture["other_ports"] = results[0].capture.get("other_ports", 0)
+    return ReplayResult(
+        path=options.path,
+        templates=templates,
+        slow=slow.worst_first(),
+        slow_dropped=slow.dropped,
+        counters=counters,
+        capture=capture,
+        first_ns=min((r.first_ns for r in results if r.first_ns), default=0),
+        last_ns=max((r.last_ns for r in results), default=0),
+        error=next((r.error for r in results if r.error), None),
+        elapsed_s=elapsed,
+        workers=workers,
+    )
+
+
+def _add_capture(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for name, value in other.items():
+        if isinstance(value, dict):
+            sub = into.setdefault(name, {})
+            for key, n in value.items():
+                sub[key] = sub.get(key, 0) + n
+        elif isinstance(value, int):
+            into[name] = into.get(name, 0) + value
+
+
+def document(result: ReplayResult) -> dict[str, Any]:
+    """The replay report: DESIGN.md's report schema for the whole file, plus ``totals``."""
+    templates = sorted(result.templates.values(), key=lambda t: (-t.latency_sum, t.key))
+    commands = result.counters.get("commands", 0)
+    incomplete = result.counters.get("incomplete", 0)
+    lost = result.capture.get("responses_lost", 0)
+    observed = commands + lost
+    queries = sum(n for t in templates for name, n in t.commands.items() if name in STATEMENT_COMMANDS)
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": "replay",
+        "node": socket.gethostname(),
+        "role": "replay",
+        "source": {"file": result.path, "error": result.error},
+        "interval": {"start_ns": result.first_ns, "end_ns": result.last_ns},
+        "totals": {
+            "queries": queries,
+            "commands": commands,
+            "errors": result.counters.get("errors", 0),
+            "packets": result.capture.get("packets", 0),
+            "bytes": result.capture.get("bytes", 0),
+            "gaps": result.capture.get("gaps", 0),
+            "resyncs": result.capture.get("resyncs", 0),
+            "encrypted_conns": result.capture.get("encrypted_conns", 0),
+            "unparsed_packets": result.capture.get("unparsed_segments", 0),
+            "responses_lost": lost,
+            "coverage": round((commands - incomplete) / observed, 6) if observed else 1.0,
+        },
+        "capture": result.capture,
+        "analysis": {"elapsed_s": round(result.elapsed_s, 3), "workers": result.workers},
+        "templates": [t.to_json() for t in templates],
+        "slow": [s.to_json() for s in result.slow],
+        "slow_dropped": result.slow_dropped,
+    }
