@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from message.report import SCHEMA_VERSION, SlowQuery, SlowSamples, TemplateStats, add_counters, merge_templates
-from probe.capture import CaptureError, FileCapture
+from probe.capture import FileCapture
 from probe.engine import Engine, EngineConfig
 
 _RECORD_OVERHEAD = 16  # pcap record header, for progress by bytes
@@ -182,11 +182,11 @@ def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, w
         slow.merge(result.slow, result.slow_dropped)
         add_counters(counters, result.counters)
         _add_capture(capture, result.capture)
-    # Every worker reads every packet; the packet-level counters are per file, not per shard.
-    for name in ("packets", "bytes", "non_ip", "non_tcp", "ip_fragments", "truncated", "other_ports"):
+    # Every worker reads and decodes every frame that is not a TCP segment of a watched
+    # connection: those counters are per file, not per shard.
+    for name in ("packets", "bytes", "non_ip", "non_tcp", "ip_fragments", "truncated"):
         if name in capture:
             capture[name] = results[0].capture.get(name, 0)
-    capture["other_ports"] = results[0].capture.get("other_ports", 0)
     return ReplayResult(
         path=options.path,
         templates=templates,

@@ -14,12 +14,9 @@ says what was wrong.
 
 from __future__ import annotations
 
-import gzip
-import os
-import shutil
 import struct
-import tempfile
-import threading
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,36 +37,53 @@ def iter_packets(buffer: bytes, meta: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 class _GunzipPipe:
-    """A FIFO that a thread fills with the decompressed file, for libpcap to read."""
+    """A child process decompressing the file into a pipe that libpcap reads.
+
+    A thread would deadlock: pcapy-ng holds the GIL while libpcap blocks reading the pipe.
+    """
+
+    _SCRIPT = (
+        "import gzip, shutil, sys\n"
+        "try:\n"
+        "    shutil.copyfileobj(gzip.open(sys.argv[1], 'rb'), sys.stdout.buffer, 1 << 20)\n"
+        "except BrokenPipeError:\n"
+        "    pass\n"
+        "except (OSError, EOFError) as exc:\n"
+        "    sys.stderr.write(str(exc))\n"
+        "    sys.exit(1)\n"
+    )
 
     def __init__(self, path: str) -> None:
         self.source = path
-        self._dir = tempfile.mkdtemp(prefix="mysqlprobe-")
-        self.path = os.path.join(self._dir, "capture.pcap")
-        os.mkfifo(self.path)
-        self.error: str | None = None
-        self._thread = threading.Thread(target=self._pump, name="gunzip", daemon=True)
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", self._SCRIPT, path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self._proc.stdout is not None
+        self.path = f"/dev/fd/{self._proc.stdout.fileno()}"
 
-    def _pump(self) -> None:
-        try:
-            with open(self.path, "wb") as out, gzip.open(self.source, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-        except BrokenPipeError:
-            pass
-        except (OSError, EOFError) as exc:
-            self.error = f"{self.source}: {exc}"
+    @property
+    def error(self) -> str | None:
+        """The child's complaint, once it has finished (a damaged gzip stream)."""
+        if self._proc.poll() is None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                return None
+        if self._proc.returncode:
+            assert self._proc.stderr is not None
+            detail = self._proc.stderr.read().decode("utf-8", "replace").strip()
+            return f"{self.source}: {detail or 'gzip decompression failed'}"
+        return None
 
     def close(self) -> None:
-        # Unblock a writer still waiting for the reader, then remove the FIFO.
-        if self._thread.is_alive():
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-                os.close(fd)
-            except OSError:
-                pass
-            self._thread.join(timeout=5)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 class FileCapture:
@@ -99,8 +113,10 @@ class FileCapture:
         try:
             reader = pcapy.open_offline(name)
         except pcapy.PcapError as exc:
+            detail = str(exc)
+            if self._pipe is not None:
+                detail = self._pipe.error or detail
             self.close()
-            detail = self._pipe.error if self._pipe is not None and self._pipe.error else str(exc)
             raise CaptureError(f"{self.path}: not a readable capture file ({detail})") from None
         if self.bpf:
             reader.setfilter(self.bpf)
@@ -115,7 +131,7 @@ class FileCapture:
                 yield from self._recover(str(exc))
                 return
             if not meta:
-                if self._pipe is not None and self._pipe.error:
+                if self._pipe is not None:
                     self.error = self._pipe.error
                 return
             self.delivered += len(meta) // _META.size
@@ -140,9 +156,8 @@ class FileCapture:
             meta = _META.pack(sec, usec, 0, len(data))
             self.delivered += 1
             yield data, meta
-        if self._pipe is not None and self._pipe.error:
-            message = self._pipe.error
-        self.error = f"{self.path}: {message}"
+        pipe_error = self._pipe.error if self._pipe is not None else None
+        self.error = pipe_error or f"{self.path}: {message}"
 
     def close(self) -> None:
         if self._pipe is not None:

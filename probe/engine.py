@@ -10,7 +10,6 @@ end of a capture. The same packets therefore give the same report, live or offli
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,28 +68,32 @@ class Sharder:
     bytes, so a packet of another worker's connection costs a slice and a dict lookup.
     """
 
-    def __init__(self, ports: frozenset[int], index: int, count: int, max_connections: int) -> None:
+    def __init__(self, ports: frozenset[int], index: int, count: int, max_connections: int, linktype: int) -> None:
         self.ports = ports
+        # Its own counters: frames it decodes are decoded (and counted) again by the owner.
+        self._decode = make_decoder(linktype, DecodeCounters())
         self.index = index
         self.count = count
         self.limit = 4 * max_connections
         self._owners: dict[bytes, list[int]] = {}
         self._next = 0
 
-    def owns(self, buffer: bytes, offset: int, caplen: int, decode: Callable[[bytes], Segment | None]) -> bool:
+    def owns(self, buffer: bytes, offset: int, caplen: int) -> bool:
         if (
             caplen >= 54
             and buffer[offset + 14] == 0x45
             and buffer[offset + 12] == 8
             and buffer[offset + 13] == 0
             and buffer[offset + 23] == 6
+            and not (buffer[offset + 20] & 0x3F or buffer[offset + 21])
         ):
             base = offset + 26
+            sport = buffer[base + 8] << 8 | buffer[base + 9]
             dport = buffer[base + 10] << 8 | buffer[base + 11]
             if dport in self.ports:
                 key = buffer[base : base + 12]
                 direction = 0
-            else:
+            elif sport in self.ports:
                 key = (
                     buffer[base + 4 : base + 8]
                     + buffer[base : base + 4]
@@ -98,20 +101,24 @@ class Sharder:
                     + buffer[base + 8 : base + 10]
                 )
                 direction = 1
+            else:
+                return self.index == 0  # other ports: counted once, by the first worker
             flags = buffer[offset + 47]
             total = buffer[offset + 16] << 8 | buffer[offset + 17]
             has_payload = total > 20 + ((buffer[offset + 46] >> 4) << 2)
         else:
-            segment = decode(buffer[offset : offset + caplen])
+            segment = self._decode(buffer[offset : offset + caplen])
             if segment is None:
-                return True  # counted by the decoder in every worker alike; harmless
+                return True  # not a TCP segment: every worker counts it the same way
             src, dst, sport, dport, _, _, flags, payload = segment
             if dport in self.ports:
                 key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
                 direction = 0
-            else:
+            elif sport in self.ports:
                 key = dst + src + dport.to_bytes(2, "big") + sport.to_bytes(2, "big")
                 direction = 1
+            else:
+                return self.index == 0
             has_payload = bool(payload)
         return self._owner(key, direction, flags, has_payload) == self.index
 
@@ -121,7 +128,7 @@ class Sharder:
         client_syn = flags & TCP_SYN and not flags & TCP_ACK
         if entry is None or (client_syn and entry[1]):
             if not has_payload and not flags & TCP_SYN:
-                return -1  # a bare ACK/FIN/RST of an unknown connection: nobody's
+                return 0  # a bare ACK/FIN/RST of an unknown connection: the first worker's
             if len(owners) >= self.limit:
                 del owners[next(iter(owners))]
             entry = owners[key] = [self._next, 0]
@@ -160,7 +167,9 @@ class Engine:
             limits=config.flows,
         )
         index, count = config.shard
-        self._sharder = Sharder(config.ports, index, count, config.flows.max_connections) if count > 1 else None
+        self._sharder = (
+            Sharder(config.ports, index, count, config.flows.max_connections, linktype) if count > 1 else None
+        )
         self.packets = 0
         self.bytes = 0
         self.first_ns = 0  # timestamp of the first packet seen
@@ -180,7 +189,7 @@ class Engine:
         sharder = self._sharder
         ts = 0
         for sec, usec, offset, caplen in _META.iter_unpack(meta):
-            if sharder is not None and not sharder.owns(buffer, offset, caplen, decode):
+            if sharder is not None and not sharder.owns(buffer, offset, caplen):
                 continue
             ts = sec * 1_000_000_000 + usec * 1000
             decoded = decode(buffer[offset : offset + caplen])

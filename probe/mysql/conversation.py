@@ -124,9 +124,18 @@ class _Command:
     cursor = False
 
     def __init__(
-        self, code: int, name: str, reply: int, start_ns: int, req_end: int, resp_start: int | None, size: int
+        self,
+        code: int,
+        name: str,
+        reply: int,
+        start_ns: int,
+        req_end: int,
+        resp_start: int | None,
+        size: int,
+        db: str,
     ) -> None:
         self.code = code
+        self.db = db  # the default database the statement ran in
         self.name = name
         self.reply = reply
         self.start_ns = start_ns
@@ -304,7 +313,7 @@ class Conversation:
         if self._c_inflate is not None:
             try:
                 data = self._c_inflate.feed(data)
-            except p.PacketError as exc:
+            except p.BAD_BYTES as exc:
                 self._client_garbage(ts, str(exc))
                 return
         self._client_plain(ts, data, ack)
@@ -439,7 +448,7 @@ class Conversation:
     def _handshake_response(self, ts: int, payload: bytes, size: int) -> None:
         try:
             response = p.parse_handshake_response(payload, self.server_caps)
-        except p.PacketError as exc:
+        except p.BAD_BYTES as exc:
             self._client_garbage(ts, str(exc))
             return
         if response.ssl_request:
@@ -451,7 +460,7 @@ class Conversation:
         self.deprecate_eof = bool(self.caps & c.CLIENT_DEPRECATE_EOF)
         self.multi_statements = bool(self.caps & c.CLIENT_MULTI_STATEMENTS)
         self._events.append(LoginSeen(ts, self.user, self.db, self.caps))
-        login = _Command(-1, _CONNECT, c.Reply.AUTH, ts, self._c_packet_end, None, size)
+        login = _Command(-1, _CONNECT, c.Reply.AUTH, ts, self._c_packet_end, None, size, self.db)
         login.template = _admin_template(_CONNECT)
         self._login = login
         self.phase = AUTH
@@ -466,7 +475,7 @@ class Conversation:
                 self._finish(prev, self._s_last_ns, None, 0, 0)
         if code == c.Command.QUERY and not cut and self.caps is not None and not self.caps & c.CLIENT_QUERY_ATTRIBUTES:
             # COM_QUERY, the common case, described inline.
-            cmd = _Command(code, "Query", c.Reply.RESULT, ts, self._c_packet_end, ack, size)
+            cmd = _Command(code, "Query", c.Reply.RESULT, ts, self._c_packet_end, ack, size, self.db)
             sql = payload[1:].decode("utf-8", "replace")
             cmd.sql = sql
             if ";" in sql and self.multi_statements:
@@ -478,14 +487,16 @@ class Conversation:
         else:
             spec = c.COMMANDS.get(code)
             if spec is not None:
-                cmd = _Command(code, spec.name, spec.reply, ts, self._c_packet_end, ack, size)
+                cmd = _Command(code, spec.name, spec.reply, ts, self._c_packet_end, ack, size, self.db)
             else:
-                cmd = _Command(code, f"Unknown 0x{code:02x}", c.Reply.OPAQUE, ts, self._c_packet_end, ack, size)
+                cmd = _Command(
+                    code, f"Unknown 0x{code:02x}", c.Reply.OPAQUE, ts, self._c_packet_end, ack, size, self.db
+                )
             if cut:
                 cmd.complete = False
             try:
                 self._describe(cmd, code, payload)
-            except p.PacketError as exc:
+            except p.BAD_BYTES as exc:
                 self._client_garbage(ts, str(exc))
                 cmd.complete = False
             if cmd.reply == c.Reply.NONE:
@@ -561,9 +572,7 @@ class Conversation:
         elif code == c.Command.CHANGE_USER:
             cmd.template = _admin_template(cmd.name)
             cmd.state = R_AUTH
-            user_end = payload.find(b"\0", 1)
-            if user_end > 0:
-                cmd.session_arg = p.text(payload[1:user_end])
+            cmd.session_arg = p.parse_change_user(payload, self.caps or c.CLIENT_SECURE_CONNECTION)
         else:
             cmd.template = _admin_template(cmd.name)
 
@@ -616,7 +625,7 @@ class Conversation:
         if self._s_inflate is not None:
             try:
                 data = self._s_inflate.feed(data)
-            except p.PacketError as exc:
+            except p.BAD_BYTES as exc:
                 self._server_garbage(ts, str(exc))
                 return
         self._server_plain(ts, data)
@@ -653,7 +662,7 @@ class Conversation:
         length = data[0] | data[1] << 8 | data[2] << 16
         try:
             greeting = p.parse_greeting(data[4 : 4 + length])
-        except p.PacketError:
+        except p.BAD_BYTES:
             return False
         self.server_caps = greeting.capabilities
         self.conn_id = greeting.conn_id
@@ -834,7 +843,7 @@ class Conversation:
             self._s_cont = length == 0xFFFFFF
             try:
                 self._response_packet(ts, cmd, payload, length)
-            except p.PacketError as exc:
+            except p.BAD_BYTES as exc:
                 self._server_garbage(ts, str(exc))
                 return
             if self._s_desync or self.phase >= ENCRYPTED:
@@ -880,7 +889,7 @@ class Conversation:
         if self.phase == GREETING:
             if payload and payload[0] == c.ERR_HEADER:
                 err = p.parse_err(payload)
-                login = _Command(-1, _CONNECT, c.Reply.AUTH, ts, 0, None, 0)
+                login = _Command(-1, _CONNECT, c.Reply.AUTH, ts, 0, None, 0, self.db)
                 login.template = _admin_template(_CONNECT)
                 login.bytes_out = size
                 login.first_ns = ts
@@ -888,7 +897,7 @@ class Conversation:
                 return
             try:
                 greeting = p.parse_greeting(payload)
-            except p.PacketError as exc:
+            except p.BAD_BYTES as exc:
                 self._server_garbage(ts, str(exc))
                 return
             self.server_caps = greeting.capabilities
@@ -957,6 +966,7 @@ class Conversation:
                     self._status_ok(ts, cmd, payload)
                 elif header == c.EOF_HEADER:
                     warnings, status = p.parse_eof(payload)
+                    self._session_effect(cmd, None)
                     self._finish(cmd, ts, None, status, warnings)
                 else:
                     raise p.PacketError(f"status reply with header 0x{header:02x}")
@@ -980,7 +990,10 @@ class Conversation:
         if state == R_AUTH:
             if header == c.OK_HEADER:
                 ok = p.parse_ok(payload, self.caps or 0)
-                self.user = cmd.session_arg or self.user
+                if cmd.session_arg is not None:
+                    self.user, self.db = cmd.session_arg
+                if ok.schema is not None:
+                    self.db = ok.schema
                 self.prepared.clear()
                 self._finish(cmd, ts, None, ok.status, ok.warnings)
             elif header == c.ERR_HEADER:
@@ -1081,8 +1094,13 @@ class Conversation:
     def _status_ok(self, ts: int, cmd: _Command, payload: bytes) -> None:
         ok = p.parse_ok(payload, self.caps or 0)
         cmd.affected += ok.affected_rows
-        if ok.schema is not None:
-            self.db = ok.schema
+        self._session_effect(cmd, ok.schema)
+        self._statement_end(ts, cmd, None, ok.status, ok.warnings, plain_ok=True)
+
+    def _session_effect(self, cmd: _Command, schema: str | None) -> None:
+        """What a successful command changes in the session."""
+        if schema is not None:
+            self.db = schema
         elif cmd.session_arg is not None:
             if cmd.code == c.Command.INIT_DB or cmd.code == c.Command.QUERY:
                 self.db = str(cmd.session_arg)
@@ -1090,7 +1108,6 @@ class Conversation:
                 self.multi_statements = cmd.session_arg == 0
         if cmd.code == c.Command.RESET_CONNECTION:
             self.prepared.clear()
-        self._statement_end(ts, cmd, None, ok.status, ok.warnings, plain_ok=True)
 
     def _result_end(self, ts: int, cmd: _Command, payload: bytes, length: int) -> None:
         if length < 9:
@@ -1122,6 +1139,7 @@ class Conversation:
         cmd.session_arg = _used_db(sql) if cmd.template.text.startswith("USE ") else None
         cmd.start_ns = ts
         cmd.first_ns = 0
+        cmd.db = self.db
         cmd.rows = cmd.affected = cmd.bytes_in = cmd.bytes_out = 0
 
     def _server_garbage(self, ts: int, reason: str) -> None:
@@ -1164,7 +1182,7 @@ class Conversation:
                     template.text,
                     sql,
                     cmd.params,
-                    self.db,
+                    cmd.db,
                     self.user,
                     self.client,
                     self.server,
@@ -1244,5 +1262,5 @@ def _strip_query_attributes(body: bytes, *, known: bool) -> bytes:
         return body[2:] if body[:2] == b"\x00\x01" else body
     try:
         return body[p.skip_query_attributes(body) :]
-    except p.PacketError:
+    except p.BAD_BYTES:
         return body

@@ -19,6 +19,12 @@ class PacketError(ValueError):
     """The peer sent a payload that does not fit the layout expected here."""
 
 
+#: Every exception a parser can raise on bytes that do not fit: ``PacketError`` from the
+#: explicit checks, and what ``struct``/indexing raise on a payload cut short. The
+#: conversation catches exactly these; anything else is a bug of ours and propagates.
+BAD_BYTES = (ValueError, IndexError, struct.error, OverflowError)
+
+
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _FLOAT = struct.Struct("<f")
@@ -168,6 +174,21 @@ def parse_handshake_response(payload: bytes, server_caps: int | None) -> Handsha
         end = payload.find(b"\0", pos)
         plugin = payload[pos : end if end >= 0 else len(payload)]
     return HandshakeResponse(caps, text(user), text(db), text(plugin), False)
+
+
+def parse_change_user(payload: bytes, caps: int) -> tuple[str, str]:
+    """COM_CHANGE_USER: (user, database)."""
+    user, pos = _nul_string(payload, 1)
+    if caps & c.CLIENT_SECURE_CONNECTION:
+        if pos >= len(payload):
+            raise PacketError("truncated COM_CHANGE_USER")
+        pos += 1 + payload[pos]
+    else:
+        _, pos = _nul_string(payload, pos)
+    db = b""
+    if pos < len(payload):
+        db, _ = _nul_string(payload, pos)
+    return text(user), text(db)
 
 
 # -- generic responses ----------------------------------------------------------------------

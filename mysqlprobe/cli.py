@@ -1,0 +1,188 @@
+"""Command line: ``mysqlprobe replay`` (offline) and ``mysqlprobe run`` (a node).
+
+Owns argument parsing, exit codes and user-facing error lines. Bad input is one line on
+stderr and exit code 2; a capture that is damaged part way still gets its report for what
+was read, then the error line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Sequence
+
+from mysqlprobe import __version__
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A bad argument: the message names it."""
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise UsageError(f"bad address {text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise UsageError(f"bad address {text!r}: expected HOST:PORT")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"bad port in {text!r}: {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"bad port in {text!r}: {port} is out of range 1-65535")
+    return host, port
+
+
+def _packed_addresses(host: str) -> frozenset[bytes]:
+    try:
+        return frozenset({ipaddress.ip_address(host).packed})
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    return frozenset(ipaddress.ip_address(info[4][0]).packed for info in infos)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range 1-65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mysqlprobe", description="MySQL/MariaDB traffic analysis from the wire.")
+    parser.add_argument("--version", action="version", version=f"mysqlprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    replay = sub.add_parser("replay", help="analyse a pcap/pcapng file (optionally gzip'd)")
+    replay.add_argument("file", help="capture file")
+    replay.add_argument("--port", type=_port, action="append", help="server port (repeatable; default 3306)")
+    replay.add_argument("--server", help="HOST:PORT of the server: only its traffic is analysed")
+    replay.add_argument("--slow-ms", type=_non_negative_float, default=1000.0, help="slow sample threshold (ms)")
+    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.add_argument("--top", type=_positive, default=20, help="templates listed in the table (default 20)")
+    replay.add_argument("--details", type=int, default=3, help="templates printed in full (default 3)")
+    replay.add_argument(
+        "--workers",
+        type=_positive,
+        default=min(2, os.cpu_count() or 1),
+        help="processes analysing the file (default: up to 2 cores)",
+    )
+    replay.add_argument("--redact", action="store_true", help="slow samples show templates, not raw SQL")
+
+    run = sub.add_parser("run", help="run a node (slave, master or standby) from a config file")
+    run.add_argument("-c", "--config", default="config.yaml", help="configuration file (default config.yaml)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "run":
+            from mysqlprobe.node import run_node
+
+            return run_node(args.config)
+    except UsageError as exc:
+        print(f"mysqlprobe: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return EXIT_BAD_INPUT
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mysqlprobe.render import profile
+    from mysqlprobe.replay import ReplayOptions, document, replay
+    from probe.capture import CaptureError
+    from probe.engine import EngineConfig
+
+    ports = set(args.port or [])
+    server_ips = None
+    if args.server:
+        host, port = parse_endpoint(args.server)
+        ports.add(port)
+        server_ips = _packed_addresses(host)
+    config = EngineConfig(
+        ports=frozenset(ports or {3306}),
+        server_ips=server_ips,
+        slow_threshold_us=int(args.slow_ms * 1000),
+        redact=args.redact,
+    )
+    bar = tqdm(
+        total=100,
+        unit="%",
+        delay=1.0,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
+        desc="replay",
+    )
+
+    def progress(fraction: float) -> None:
+        bar.update(max(0.0, min(100.0, fraction * 100) - bar.n))
+
+    try:
+        result = replay(ReplayOptions(args.file, config, args.workers), progress)
+    except CaptureError as exc:
+        bar.close()
+        print(f"mysqlprobe: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    bar.close()
+    doc = document(result)
+    if args.format == "json":
+        json.dump(doc, sys.stdout, separators=(",", ":"))
+        sys.stdout.write("\n")
+    else:
+        width = shutil.get_terminal_size((160, 24)).columns
+        sys.stdout.write(profile(doc, top=args.top, width=width, details=args.details))
+    sys.stdout.flush()
+    if result.error:
+        print(f"mysqlprobe: error: {result.error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
