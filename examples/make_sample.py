@@ -30,7 +30,8 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample.pcap.gz")
 def main() -> None:
     server = MariaDB()
     server.start()
-    raw = tempfile.NamedTemporaryFile(suffix=".pcap", delete=False).name
+    fd, raw = tempfile.mkstemp(suffix=".pcap")
+    os.close(fd)
     try:
         server.query("CREATE DATABASE sbtest")
         sysbench = [

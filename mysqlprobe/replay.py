@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import socket
 import struct
 import time
@@ -45,6 +46,7 @@ class ShardResult:
     first_ns: int
     last_ns: int
     error: str | None
+    peak_rss_kb: int = 0
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ReplayResult:
     error: str | None
     elapsed_s: float
     workers: int
+    peak_rss_kb: list[int]
 
 
 def estimated_size(path: str) -> int:
@@ -98,6 +101,7 @@ def run_shard(
             first_ns=engine.first_ns,
             last_ns=engine.last_ns,
             error=capture.error,
+            peak_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         )
     finally:
         capture.close()
@@ -157,8 +161,8 @@ def _run_parallel(
         if on_progress is not None:
             on_progress(sum(d.value for _, d, _ in procs) / (total * len(procs)))
         ready = multiprocessing.connection.wait([r for _, _, r in pending.values()], timeout=0.2)
-        for receiver in ready:
-            proc, _, _ = pending.pop(id(receiver))
+        for handle in ready:
+            proc, _, receiver = pending.pop(id(handle))
             try:
                 outcome[id(receiver)] = receiver.recv()
             except EOFError:
@@ -199,6 +203,8 @@ def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, w
         error=next((r.error for r in results if r.error), None),
         elapsed_s=elapsed,
         workers=workers,
+        peak_rss_kb=[r.peak_rss_kb for r in results]
+        + ([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss] if workers > 1 else []),
     )
 
 
@@ -241,7 +247,11 @@ def document(result: ReplayResult) -> dict[str, Any]:
             "coverage": round((commands - incomplete) / observed, 6) if observed else 1.0,
         },
         "capture": result.capture,
-        "analysis": {"elapsed_s": round(result.elapsed_s, 3), "workers": result.workers},
+        "analysis": {
+            "elapsed_s": round(result.elapsed_s, 3),
+            "workers": result.workers,
+            "peak_rss_mb": round(sum(result.peak_rss_kb) / 1024, 1),
+        },
         "templates": [t.to_json() for t in templates],
         "slow": [s.to_json() for s in result.slow],
         "slow_dropped": result.slow_dropped,

@@ -64,66 +64,29 @@ class Sharder:
     Every worker reads every packet and keeps this map the same way, from packet headers
     alone, so each connection has exactly one owner. Owners are dealt round-robin in order
     of first sight: balanced even for a handful of connections, where a hash of the ports
-    is lumpy. For untagged Ethernet/IPv4 frames the key is read straight from the header
-    bytes, so a packet of another worker's connection costs a slice and a dict lookup.
+    is lumpy. A connection is keyed by (client address, client port, server port): a probe
+    watches one host, whose address does not tell its connections apart.
     """
 
-    def __init__(self, ports: frozenset[int], index: int, count: int, max_connections: int, linktype: int) -> None:
+    def __init__(self, ports: frozenset[int], index: int, count: int, max_connections: int) -> None:
         self.ports = ports
-        # Its own counters: frames it decodes are decoded (and counted) again by the owner.
-        self._decode = make_decoder(linktype, DecodeCounters())
         self.index = index
         self.count = count
         self.limit = 4 * max_connections
-        self._owners: dict[bytes, list[int]] = {}
+        self.owners: dict[tuple[object, int, int], list[int]] = {}
         self._next = 0
 
-    def owns(self, buffer: bytes, offset: int, caplen: int) -> bool:
-        if (
-            caplen >= 54
-            and buffer[offset + 14] == 0x45
-            and buffer[offset + 12] == 8
-            and buffer[offset + 13] == 0
-            and buffer[offset + 23] == 6
-            and not (buffer[offset + 20] & 0x3F or buffer[offset + 21])
-        ):
-            base = offset + 26
-            sport = buffer[base + 8] << 8 | buffer[base + 9]
-            dport = buffer[base + 10] << 8 | buffer[base + 11]
-            if dport in self.ports:
-                key = buffer[base : base + 12]
-                direction = 0
-            elif sport in self.ports:
-                key = (
-                    buffer[base + 4 : base + 8]
-                    + buffer[base : base + 4]
-                    + buffer[base + 10 : base + 12]
-                    + buffer[base + 8 : base + 10]
-                )
-                direction = 1
-            else:
-                return self.index == 0  # other ports: counted once, by the first worker
-            flags = buffer[offset + 47]
-            total = buffer[offset + 16] << 8 | buffer[offset + 17]
-            has_payload = total > 20 + ((buffer[offset + 46] >> 4) << 2)
-        else:
-            segment = self._decode(buffer[offset : offset + caplen])
-            if segment is None:
-                return True  # not a TCP segment: every worker counts it the same way
-            src, dst, sport, dport, _, _, flags, payload = segment
-            if dport in self.ports:
-                key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
-                direction = 0
-            elif sport in self.ports:
-                key = dst + src + dport.to_bytes(2, "big") + sport.to_bytes(2, "big")
-                direction = 1
-            else:
-                return self.index == 0
-            has_payload = bool(payload)
-        return self._owner(key, direction, flags, has_payload) == self.index
+    def owns_segment(self, segment: Segment) -> bool:
+        """The general path, for frames the engine's fast path does not read itself."""
+        src, dst, sport, dport, _, _, flags, payload = segment
+        if dport in self.ports:
+            return self.owner((src, sport, dport), 0, flags, bool(payload)) == self.index
+        if sport in self.ports:
+            return self.owner((dst, dport, sport), 1, flags, bool(payload)) == self.index
+        return self.index == 0  # other ports: counted once, by the first worker
 
-    def _owner(self, key: bytes, direction: int, flags: int, has_payload: bool) -> int:
-        owners = self._owners
+    def owner(self, key: tuple[object, int, int], direction: int, flags: int, has_payload: bool) -> int:
+        owners = self.owners
         entry = owners.get(key)
         client_syn = flags & TCP_SYN and not flags & TCP_ACK
         if entry is None or (client_syn and entry[1]):
@@ -136,15 +99,22 @@ class Sharder:
         elif client_syn:
             entry[1] = 1
         owner = entry[0]
-        if flags & TCP_RST:
-            del owners[key]
-        elif flags & TCP_FIN:
-            entry[1] |= 2 << direction
-            if entry[1] & 6 == 6:
+        if flags & (TCP_RST | TCP_FIN):
+            if flags & TCP_RST:
                 del owners[key]
+            else:
+                entry[1] |= 2 << direction
+                if entry[1] & 6 == 6:
+                    del owners[key]
         elif not flags & TCP_SYN:
             entry[1] |= 1
         return owner
+
+
+# Untagged Ethernet + IPv4 without options + TCP, as the sharded loop reads it: ethertype,
+# version/IHL, total length, flags/fragment offset, protocol, source, destination, ports,
+# TCP data offset, TCP flags.
+_SHARD_HEADER = struct.Struct("!12xHBxH2xHxB2xIIHH8xBB")
 
 
 class Engine:
@@ -167,9 +137,7 @@ class Engine:
             limits=config.flows,
         )
         index, count = config.shard
-        self._sharder = (
-            Sharder(config.ports, index, count, config.flows.max_connections, linktype) if count > 1 else None
-        )
+        self._sharder = Sharder(config.ports, index, count, config.flows.max_connections) if count > 1 else None
         self.packets = 0
         self.bytes = 0
         self.first_ns = 0  # timestamp of the first packet seen
@@ -184,17 +152,59 @@ class Engine:
         """A batch as the capture adapter reads it: 16-byte (sec, usec, offset, caplen) records."""
         if not meta:
             return
+        if self._sharder is not None:
+            self._sharded_batch(buffer, meta, self._sharder)
+        else:
+            decode = self._decode
+            segment = self.flows.segment
+            for sec, usec, offset, caplen in _META.iter_unpack(meta):
+                decoded = decode(buffer[offset : offset + caplen])
+                if decoded is not None:
+                    segment(sec * 1_000_000_000 + usec * 1000, decoded)
+        self._batch_done(buffer, meta)
+
+    def _sharded_batch(self, buffer: bytes, meta: bytes, sharder: Sharder) -> None:
+        """The batch loop of one replay worker: foreign connections' packets cost one
+        header unpack and one dict lookup, before any decoding."""
         decode = self._decode
         segment = self.flows.segment
-        sharder = self._sharder
-        ts = 0
+        header = _SHARD_HEADER.unpack_from
+        ports = sharder.ports
+        owners = sharder.owners
+        index = sharder.index
         for sec, usec, offset, caplen in _META.iter_unpack(meta):
-            if sharder is not None and not sharder.owns(buffer, offset, caplen):
-                continue
-            ts = sec * 1_000_000_000 + usec * 1000
+            if caplen >= 54:
+                ethertype, ihl, total, frag, proto, src, dst, sport, dport, data_off, flags = header(buffer, offset)
+                if ethertype == 0x0800 and ihl == 0x45 and proto == 6 and not frag & 0x3FFF:
+                    if dport in ports:
+                        key = (src, sport, dport)
+                        direction = 0
+                    elif sport in ports:
+                        key = (dst, dport, sport)
+                        direction = 1
+                    else:
+                        if index:
+                            continue
+                        key = None
+                    if key is not None:
+                        entry = owners.get(key)
+                        if entry is not None and not flags & 0x07 and entry[1]:
+                            # An established connection, no SYN/FIN/RST: the common case.
+                            if entry[0] != index:
+                                continue
+                        elif sharder.owner(key, direction, flags, total > 20 + (data_off >> 4 << 2)) != index:
+                            continue
+                    decoded = decode(buffer[offset : offset + caplen])
+                    if decoded is not None:
+                        segment(sec * 1_000_000_000 + usec * 1000, decoded)
+                    continue
+            # Any other frame: every worker decodes it (so decode counters agree) and the
+            # owner analyses it.
             decoded = decode(buffer[offset : offset + caplen])
-            if decoded is not None:
-                segment(ts, decoded)
+            if decoded is not None and sharder.owns_segment(decoded):
+                segment(sec * 1_000_000_000 + usec * 1000, decoded)
+
+    def _batch_done(self, buffer: bytes, meta: bytes) -> None:
         sec, usec = _META.unpack_from(meta)[:2]
         if not self.first_ns:
             self.first_ns = sec * 1_000_000_000 + usec * 1000
@@ -220,7 +230,7 @@ class Engine:
     def segment(self, ts: int, segment: Segment) -> None:
         """An already-decoded segment (live capture decodes before sharding)."""
         self.packets += 1
-        self.bytes += len(segment.payload)
+        self.bytes += len(segment[7])
         self.flows.segment(ts, segment)
 
     def tick(self, now_ns: int) -> None:

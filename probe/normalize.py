@@ -833,9 +833,9 @@ class Normalizer:
                 result = self._make(sql)
                 self._remember(self._by_raw, sql, result)
                 return result
-            result = self._by_skeleton.get(skeleton)  # type: ignore[assignment]
-            if result is not None:
-                return result
+            cached = self._by_skeleton.get(skeleton)
+            if cached is not None:
+                return cached
             result = self._make(skeleton)
             if skeleton == sql:
                 # Literal-free statements (BEGIN, COMMIT, ...) also hit the raw cache first.

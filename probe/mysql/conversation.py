@@ -211,10 +211,14 @@ class Conversation:
 
     # -- public API ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _new_events() -> list[Event]:
+        return []
+
     def feed(self, ts: int, direction: int, data: bytes, ack: int | None = None) -> list[Event]:
         """Bytes of one segment, in stream order. ``ack``: the sender's acknowledgement as an
         absolute offset into the other direction's stream, when known."""
-        self._events = events = []
+        self._events = events = self._new_events()
         size = len(data)
         if not size:
             return events
@@ -267,7 +271,7 @@ class Conversation:
 
     def gap(self, ts: int, direction: int, size: int) -> list[Event]:
         """``size`` bytes of ``direction`` were lost; parsing resumes at a boundary."""
-        self._events = events = []
+        self._events = events = self._new_events()
         if direction == TO_SERVER:
             self._c_off += size
             self._reset_client()
@@ -290,7 +294,7 @@ class Conversation:
 
     def close(self, ts: int, reason: str = "closed") -> list[Event]:
         """The connection ended (FIN/RST) or was evicted: settle what is pending."""
-        self._events = events = []
+        self._events = events = self._new_events()
         while self.pending:
             cmd = self.pending[0]
             if cmd.reply == c.Reply.OPAQUE and cmd.first_ns:
@@ -907,9 +911,10 @@ class Conversation:
                 ServerGreeted(ts, greeting.server_version, greeting.conn_id, greeting.capabilities, greeting.mariadb)
             )
             return
-        login = self._login
-        if login is None:
+        pending_login = self._login
+        if pending_login is None:
             return
+        login = pending_login
         login.bytes_out += size
         if not login.first_ns:
             login.first_ns = ts
