@@ -159,6 +159,7 @@ def _replay(args: argparse.Namespace) -> int:
         bar.close()
         print(f"mysqlprobe: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    bar.update(100 - bar.n)
     bar.close()
     doc = document(result)
     if args.format == "json":

@@ -289,11 +289,7 @@ class Engine:
         counters["unparsed_segments"] = self.flows.unparsed_segments()
         counters["connections_active"] = len(self.flows.table)
         counters["normalizer_cache_resets"] = self.normalizer.cache_resets
-        limit_hits: dict[str, int] = {}
-        for conn in self.flows.table.values():
-            for name, n in conn.conv.limit_hits.items():
-                limit_hits[name] = limit_hits.get(name, 0) + n
-        counters["limit_hits"] = limit_hits
+        counters["limit_hits"] = self.flows.limit_hits()
         return counters
 
     def drain(self) -> Interval:

@@ -120,6 +120,7 @@ class FlowTable:
         self.counters = FlowCounters()
         self.tcp_segments = 0  # kept apart from ``counters``: it moves on every packet
         self.unparsed_closed = 0  # unparsed segments of connections already gone
+        self.limit_hits_closed: dict[str, int] = {}  # conversation bounds hit by closed connections
 
     # -- per segment --------------------------------------------------------------------------
 
@@ -297,6 +298,8 @@ class FlowTable:
         if events:
             self.on_events(events)
         self.unparsed_closed += conn.conv.unparsed_segments
+        for name, hits in conn.conv.limit_hits.items():
+            self.limit_hits_closed[name] = self.limit_hits_closed.get(name, 0) + hits
         if self.table.get(key) is conn:
             del self.table[key]
         self.counters.connections_closed += 1
@@ -321,6 +324,14 @@ class FlowTable:
     def close_all(self, now_ns: int, reason: str) -> None:
         for key, conn in list(self.table.items()):
             self._close(now_ns, key, conn, reason)
+
+    def limit_hits(self) -> dict[str, int]:
+        """How often each per-connection bound bit, over all connections seen."""
+        hits = dict(self.limit_hits_closed)
+        for conn in self.table.values():
+            for name, n in conn.conv.limit_hits.items():
+                hits[name] = hits.get(name, 0) + n
+        return hits
 
     def unparsed_segments(self) -> int:
         return self.unparsed_closed + sum(conn.conv.unparsed_segments for conn in self.table.values())

@@ -175,3 +175,56 @@ def test_other_ports_are_ignored() -> None:
     engine = run(frames)
     assert engine.capture_counters()["other_ports"] == len(frames)
     assert not engine.drain().templates
+
+
+def replay_file(tmp_path_name: str, frames: list[tuple[int, bytes]]) -> dict[str, TemplateStats]:
+    """The offline path end to end: a pcap written by scapy, read by pcapy-ng."""
+    from mysqlprobe.replay import run_shard
+
+    w.write_pcap(tmp_path_name, frames)
+    result = run_shard(tmp_path_name, EngineConfig())
+    assert result.error is None
+    return {t.template: t for t in result.templates}
+
+
+def test_capture_file_with_16_mib_payloads(tmp_path: object) -> None:
+    big_value = b"v" * (0xFFFFFF + 10)
+    script = (
+        w.Script()
+        .login()
+        .client(w.query("SELECT doc FROM t WHERE id = 1"))
+        .server(w.result_set(["doc"], [[big_value], [b"tail"]]))
+        .client(w.query("SELECT 1"))
+        .server(w.result_set(["1"], [[b"1"]]))
+    )
+    out = replay_file(f"{tmp_path}/big.pcap", w.to_frames(script, mss=65000))
+    assert out["SELECT doc FROM t WHERE id = ?"].rows_sent == 2
+    assert out["SELECT ?"].rows_sent == 1
+
+
+def test_capture_file_with_compression_and_tls(tmp_path: object) -> None:
+    caps = w.CLIENT_CAPS | w.c.CLIENT_COMPRESS
+    compressed = (
+        w.Script()
+        .server(w.framed([w.greeting()]))
+        .client(w.framed([w.handshake_response(caps=caps)], 1))
+        .server(w.framed([w.ok()], 2))
+        .client(w.compress_stream(w.query("SELECT name FROM items WHERE id = 1")))
+        .server(w.compress_stream(w.result_set(["name"], [[b"n" * 300]] * 40)))
+    )
+    encrypted = (
+        w.Script()
+        .server(w.framed([w.greeting()]))
+        .client(w.framed([w.ssl_request()], 1))
+        .client(b"\x16\x03\x01\x00\x05hello")
+        .server(b"\x16\x03\x03\x00\x05world")
+    )
+    frames = w.to_frames(compressed, mss=700) + w.to_frames(encrypted, client=("10.0.0.8", 52000))
+    frames.sort(key=lambda item: item[0])
+    path = f"{tmp_path}/mixed.pcap"
+    out = replay_file(path, frames)
+    assert out["SELECT name FROM items WHERE id = ?"].rows_sent == 40
+    from mysqlprobe.replay import run_shard
+
+    counters = run_shard(path, EngineConfig()).capture
+    assert counters["encrypted_conns"] == 1 and counters["unparsed_segments"] == 2
