@@ -39,16 +39,19 @@ TCP_RST = 0x04
 TCP_ACK = 0x10
 
 _TCP = struct.Struct("!HHII")
-_TCP_HEAD = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
-# Ethernet + IPv4 without options: ethertype, total length, flags/fragment offset,
-# protocol, source, destination.
-_ETH_IPV4 = struct.Struct("!12xH2xH2xHxB2x4s4s")
+_IPV4_ADDRS = struct.Struct("!II")
+#: Untagged Ethernet + IPv4 without options + TCP in one call: ethertype, version/IHL,
+#: total length, flags/fragment offset, protocol, source, destination, ports, sequence,
+#: acknowledgement, TCP data offset, TCP flags.
+ETH_IPV4_TCP = struct.Struct("!12xHBxH2xHxB2xIIHHIIBB")
 
 
-#: A TCP segment: (src, dst, sport, dport, seq, ack, flags, payload). Addresses are packed
-#: IPv4 (4 bytes) or IPv6 (16 bytes). A plain tuple: built once per packet, and a named
-#: tuple's Python-level constructor costs 3x more.
-Segment = tuple[bytes, bytes, int, int, int, int, int, bytes]
+#: An IP address as decoded: an ``int`` for IPv4 (what one struct call yields, no slicing),
+#: 16 packed bytes for IPv6. ``ipaddress.ip_address`` accepts both.
+Address = int | bytes
+#: A TCP segment: (src, dst, sport, dport, seq, ack, flags, payload). A plain tuple: built
+#: once per packet, and a named tuple's Python-level constructor costs 3x more.
+Segment = tuple[Address, Address, int, int, int, int, int, bytes]
 
 
 @dataclass
@@ -70,10 +73,13 @@ class UnsupportedLinkType(ValueError):
 
 def _ip_decoder(counters: DecodeCounters) -> Callable[[bytes, int], Segment | None]:
     unpack_tcp = _TCP.unpack_from
+    unpack_addrs = _IPV4_ADDRS.unpack_from
 
     def ip(frame: bytes, off: int) -> Segment | None:
         try:
             version = frame[off] >> 4
+            src: Address
+            dst: Address
             if version == 4:
                 ihl = (frame[off] & 0x0F) << 2
                 if frame[off + 9] != 6:
@@ -84,8 +90,7 @@ def _ip_decoder(counters: DecodeCounters) -> Callable[[bytes, int], Segment | No
                     return None
                 total = frame[off + 2] << 8 | frame[off + 3]
                 end = off + total if total else len(frame)  # 0: segmentation offload
-                src = frame[off + 12 : off + 16]
-                dst = frame[off + 16 : off + 20]
+                src, dst = unpack_addrs(frame, off + 12)
                 t = off + ihl
             elif version == 6:
                 nxt = frame[off + 6]
@@ -124,16 +129,14 @@ def make_decoder(linktype: int, counters: DecodeCounters) -> Callable[[bytes], S
     ip = _ip_decoder(counters)
 
     if linktype == LINKTYPE_ETHERNET:
-        fixed = _ETH_IPV4.unpack_from
-        tcp = _TCP_HEAD.unpack_from
+        fixed = ETH_IPV4_TCP.unpack_from
 
         def ethernet(frame: bytes) -> Segment | None:
             # Fast path: untagged Ethernet, IPv4 without options, TCP, no fragment. One
-            # struct call reads the fixed headers (1.0 µs a packet against 1.9 µs).
-            if len(frame) >= 54 and frame[14] == 0x45:
-                ethertype, total, frag, proto, src, dst = fixed(frame)
-                if ethertype == ETHERTYPE_IPV4 and proto == 6 and not frag & 0x3FFF:
-                    sport, dport, seq, ack, data_off, flags = tcp(frame, 34)
+            # struct call reads every header field (1.0 µs a packet against 1.9 µs).
+            if len(frame) >= 54:
+                ethertype, ihl, total, frag, proto, src, dst, sport, dport, seq, ack, data_off, flags = fixed(frame)
+                if ethertype == ETHERTYPE_IPV4 and ihl == 0x45 and proto == 6 and not frag & 0x3FFF:
                     end = 14 + total if total else len(frame)
                     return (src, dst, sport, dport, seq, ack, flags, frame[34 + (data_off >> 4 << 2) : end])
             if len(frame) < 14:

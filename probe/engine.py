@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probe.aggregate import DEFAULT_MAX_SLOW, DEFAULT_MAX_TEMPLATES, Aggregator, Interval
-from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, DecodeCounters, Segment, make_decoder
+from probe.decode import (
+    ETH_IPV4_TCP,
+    LINKTYPE_ETHERNET,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Address,
+    DecodeCounters,
+    Segment,
+    make_decoder,
+)
 from probe.flows import FlowLimits, FlowTable
 from probe.mysql.events import (
     CommandCompleted,
@@ -40,7 +51,7 @@ class EngineConfig:
     ports: frozenset[int] = frozenset({3306})
     """Server ports; both directions of connections to them are analysed."""
     server_ips: frozenset[bytes] | None = None
-    """Packed server addresses to restrict to (``--server``); ``None`` means any."""
+    """Packed server addresses (4 or 16 bytes) to restrict to (``--server``); ``None``: any."""
     slow_threshold_us: int = 1_000_000
     """Statements at least this slow are kept as samples."""
     max_slow: int = DEFAULT_MAX_SLOW
@@ -73,7 +84,7 @@ class Sharder:
         self.index = index
         self.count = count
         self.limit = 4 * max_connections
-        self.owners: dict[tuple[object, int, int], list[int]] = {}
+        self.owners: dict[tuple[Address, int, int], list[int]] = {}
         self._next = 0
 
     def owns_segment(self, segment: Segment) -> bool:
@@ -85,7 +96,7 @@ class Sharder:
             return self.owner((dst, dport, sport), 1, flags, bool(payload)) == self.index
         return self.index == 0  # other ports: counted once, by the first worker
 
-    def owner(self, key: tuple[object, int, int], direction: int, flags: int, has_payload: bool) -> int:
+    def owner(self, key: tuple[Address, int, int], direction: int, flags: int, has_payload: bool) -> int:
         owners = self.owners
         entry = owners.get(key)
         client_syn = flags & TCP_SYN and not flags & TCP_ACK
@@ -111,17 +122,12 @@ class Sharder:
         return owner
 
 
-# Untagged Ethernet + IPv4 without options + TCP, as the sharded loop reads it: ethertype,
-# version/IHL, total length, flags/fragment offset, protocol, source, destination, ports,
-# TCP data offset, TCP flags.
-_SHARD_HEADER = struct.Struct("!12xHBxH2xHxB2xIIHH8xBB")
-
-
 class Engine:
     def __init__(self, config: EngineConfig, linktype: int) -> None:
         self.config = config
         self.decode_counters = DecodeCounters()
         self._decode = make_decoder(linktype, self.decode_counters)
+        self._linktype = linktype
         self.aggregator = Aggregator(
             slow_threshold_us=config.slow_threshold_us,
             max_slow=config.max_slow,
@@ -168,13 +174,16 @@ class Engine:
         header unpack and one dict lookup, before any decoding."""
         decode = self._decode
         segment = self.flows.segment
-        header = _SHARD_HEADER.unpack_from
+        header = ETH_IPV4_TCP.unpack_from
         ports = sharder.ports
         owners = sharder.owners
         index = sharder.index
+        fast = self._linktype == LINKTYPE_ETHERNET
         for sec, usec, offset, caplen in _META.iter_unpack(meta):
-            if caplen >= 54:
-                ethertype, ihl, total, frag, proto, src, dst, sport, dport, data_off, flags = header(buffer, offset)
+            if fast and caplen >= 54:
+                ethertype, ihl, total, frag, proto, src, dst, sport, dport, seq, ack, data_off, flags = header(
+                    buffer, offset
+                )
                 if ethertype == 0x0800 and ihl == 0x45 and proto == 6 and not frag & 0x3FFF:
                     if dport in ports:
                         key = (src, sport, dport)
@@ -194,9 +203,11 @@ class Engine:
                                 continue
                         elif sharder.owner(key, direction, flags, total > 20 + (data_off >> 4 << 2)) != index:
                             continue
-                    decoded = decode(buffer[offset : offset + caplen])
-                    if decoded is not None:
-                        segment(sec * 1_000_000_000 + usec * 1000, decoded)
+                    end = offset + 14 + total if total else offset + caplen
+                    if end > offset + caplen:
+                        end = offset + caplen
+                    payload = buffer[offset + 34 + (data_off >> 4 << 2) : end]
+                    segment(sec * 1_000_000_000 + usec * 1000, (src, dst, sport, dport, seq, ack, flags, payload))
                     continue
             # Any other frame: every worker decodes it (so decode counters agree) and the
             # owner analyses it.

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
+from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Address, Segment
 from probe.mysql.conversation import Conversation, ConversationLimits
 from probe.mysql.events import TO_CLIENT, TO_SERVER, Event
 from probe.normalize import Normalizer
@@ -85,7 +85,7 @@ class Connection:
         self.last_ns = now_ns
 
 
-def endpoint(addr: bytes, port: int) -> str:
+def endpoint(addr: Address, port: int) -> str:
     ip = ip_address(addr)
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
@@ -112,11 +112,16 @@ class FlowTable:
         limits: FlowLimits | None = None,
     ) -> None:
         self.ports = ports
-        self.server_ips = server_ips
+        # Decoded IPv4 addresses are ints, IPv6 ones packed bytes: the filter holds both.
+        self.server_ips: frozenset[Address] | None = (
+            None
+            if server_ips is None
+            else frozenset(int.from_bytes(ip, "big") if len(ip) == 4 else ip for ip in server_ips)
+        )
         self.on_events = on_events
         self.normalizer = normalizer
         self.limits = limits or FlowLimits()
-        self.table: dict[tuple[bytes, int, bytes, int], Connection] = {}
+        self.table: dict[tuple[Address, int, Address, int], Connection] = {}
         self.counters = FlowCounters()
         self.tcp_segments = 0  # kept apart from ``counters``: it moves on every packet
         self.unparsed_closed = 0  # unparsed segments of connections already gone
@@ -173,7 +178,7 @@ class FlowTable:
     def _syn(
         self,
         ts: int,
-        key: tuple[bytes, int, bytes, int],
+        key: tuple[Address, int, Address, int],
         direction: int,
         seq: int,
         flags: int,
@@ -192,7 +197,7 @@ class FlowTable:
         conn.halves[direction].start(half_seq)
         return conn
 
-    def _open(self, ts: int, key: tuple[bytes, int, bytes, int], *, from_start: bool) -> Connection:
+    def _open(self, ts: int, key: tuple[Address, int, Address, int], *, from_start: bool) -> Connection:
         if len(self.table) >= self.limits.max_connections:
             self._evict(ts)
         client = endpoint(key[0], key[1])
@@ -273,7 +278,7 @@ class FlowTable:
     def _teardown(
         self,
         ts: int,
-        key: tuple[bytes, int, bytes, int],
+        key: tuple[Address, int, Address, int],
         conn: Connection,
         direction: int,
         half: HalfStream,
@@ -290,7 +295,7 @@ class FlowTable:
 
     # -- lifetime -------------------------------------------------------------------------------
 
-    def _close(self, ts: int, key: tuple[bytes, int, bytes, int], conn: Connection, reason: str) -> None:
+    def _close(self, ts: int, key: tuple[Address, int, Address, int], conn: Connection, reason: str) -> None:
         for direction, half in enumerate(conn.halves):
             if half.ooo:
                 self._declare_gap(ts, conn, direction, half, max(o + len(d) for o, d in half.ooo.items()))
