@@ -284,6 +284,44 @@ class SlowSamples:
         return len(self._heap)
 
 
+STATEMENT_COMMANDS = ("Query", "Execute", "Bulk Execute")
+
+
+def report_totals(
+    counters: Mapping[str, int], capture: Mapping[str, Any], templates: Iterable[TemplateStats]
+) -> dict[str, Any]:
+    """The ``totals`` block of a report. ``coverage`` is the share of the commands observed
+    (completed, or whose response was lost) that were fully analysed."""
+    commands = int(counters.get("commands", 0))
+    incomplete = int(counters.get("incomplete", 0))
+    lost = int(capture.get("responses_lost", 0))
+    observed = commands + lost
+    return {
+        "queries": sum(n for t in templates for name, n in t.commands.items() if name in STATEMENT_COMMANDS),
+        "commands": commands,
+        "errors": int(counters.get("errors", 0)),
+        "packets": int(capture.get("packets", 0)),
+        "bytes": int(capture.get("bytes", 0)),
+        "gaps": int(capture.get("gaps", 0)),
+        "resyncs": int(capture.get("resyncs", 0)),
+        "encrypted_conns": int(capture.get("encrypted_conns", 0)),
+        "unparsed_packets": int(capture.get("unparsed_segments", 0)),
+        "responses_lost": lost,
+        "coverage": round((commands - incomplete) / observed, 6) if observed else 1.0,
+    }
+
+
+def add_capture(into: dict[str, Any], other: Mapping[str, Any], *, sign: int = 1) -> None:
+    """Add (or, with ``sign=-1``, subtract) capture counters, one level of nesting deep."""
+    for name, value in other.items():
+        if isinstance(value, dict):
+            sub = into.setdefault(name, {})
+            for key, n in value.items():
+                sub[key] = sub.get(key, 0) + sign * n
+        elif isinstance(value, int) and not isinstance(value, bool):
+            into[name] = into.get(name, 0) + sign * value
+
+
 def merge_templates(into: dict[tuple[str, str, str], TemplateStats], stats: Iterable[TemplateStats]) -> None:
     """Add ``stats`` into ``into``, keyed by (server, db, key)."""
     for item in stats:

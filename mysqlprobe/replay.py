@@ -21,12 +21,20 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from message.report import SCHEMA_VERSION, SlowQuery, SlowSamples, TemplateStats, add_counters, merge_templates
+from message.report import (
+    SCHEMA_VERSION,
+    SlowQuery,
+    SlowSamples,
+    TemplateStats,
+    add_capture,
+    add_counters,
+    merge_templates,
+    report_totals,
+)
 from probe.capture import FileCapture
 from probe.engine import Engine, EngineConfig
 
 _RECORD_OVERHEAD = 16  # pcap record header, for progress by bytes
-STATEMENT_COMMANDS = ("Query", "Execute", "Bulk Execute")
 
 
 @dataclass
@@ -185,7 +193,7 @@ def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, w
         merge_templates(templates, result.templates)
         slow.merge(result.slow, result.slow_dropped)
         add_counters(counters, result.counters)
-        _add_capture(capture, result.capture)
+        add_capture(capture, result.capture)
     # Every worker reads and decodes every frame that is not a TCP segment of a watched
     # connection: those counters are per file, not per shard.
     for name in ("packets", "bytes", "non_ip", "non_tcp", "ip_fragments", "truncated"):
@@ -208,24 +216,9 @@ def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, w
     )
 
 
-def _add_capture(into: dict[str, Any], other: dict[str, Any]) -> None:
-    for name, value in other.items():
-        if isinstance(value, dict):
-            sub = into.setdefault(name, {})
-            for key, n in value.items():
-                sub[key] = sub.get(key, 0) + n
-        elif isinstance(value, int):
-            into[name] = into.get(name, 0) + value
-
-
 def document(result: ReplayResult) -> dict[str, Any]:
     """The replay report: DESIGN.md's report schema for the whole file, plus ``totals``."""
     templates = sorted(result.templates.values(), key=lambda t: (-t.latency_sum, t.key))
-    commands = result.counters.get("commands", 0)
-    incomplete = result.counters.get("incomplete", 0)
-    lost = result.capture.get("responses_lost", 0)
-    observed = commands + lost
-    queries = sum(n for t in templates for name, n in t.commands.items() if name in STATEMENT_COMMANDS)
     return {
         "schema": SCHEMA_VERSION,
         "kind": "replay",
@@ -233,19 +226,7 @@ def document(result: ReplayResult) -> dict[str, Any]:
         "role": "replay",
         "source": {"file": result.path, "error": result.error},
         "interval": {"start_ns": result.first_ns, "end_ns": result.last_ns},
-        "totals": {
-            "queries": queries,
-            "commands": commands,
-            "errors": result.counters.get("errors", 0),
-            "packets": result.capture.get("packets", 0),
-            "bytes": result.capture.get("bytes", 0),
-            "gaps": result.capture.get("gaps", 0),
-            "resyncs": result.capture.get("resyncs", 0),
-            "encrypted_conns": result.capture.get("encrypted_conns", 0),
-            "unparsed_packets": result.capture.get("unparsed_segments", 0),
-            "responses_lost": lost,
-            "coverage": round((commands - incomplete) / observed, 6) if observed else 1.0,
-        },
+        "totals": report_totals(result.counters, result.capture, templates),
         "capture": result.capture,
         "analysis": {
             "elapsed_s": round(result.elapsed_s, 3),

@@ -165,10 +165,11 @@ class FileCapture:
             self._pipe = None
 
 
-def port_filter(ports: frozenset[int] | set[int] | list[int]) -> str:
-    """BPF for TCP to or from the ports, over IPv4 and IPv6 (and VLAN-tagged frames)."""
+def port_filter(ports: frozenset[int] | set[int] | list[int], *, vlan: bool = True) -> str:
+    """BPF for TCP to or from the ports, over IPv4 and IPv6, and VLAN-tagged frames on
+    Ethernet (cooked captures of ``any`` carry no tags)."""
     expr = " or ".join(f"tcp port {port}" for port in sorted(ports))
-    return f"({expr}) or (vlan and ({expr}))"
+    return f"({expr}) or (vlan and ({expr}))" if vlan else expr
 
 
 class LiveCapture:
@@ -182,8 +183,9 @@ class LiveCapture:
     def __init__(
         self,
         device: str,
-        bpf: str | None,
+        ports: frozenset[int] | set[int] | None = None,
         *,
+        bpf: str | None = None,
         snaplen: int = 65535,
         buffer_bytes: int = 32 << 20,
         immediate: bool = True,
@@ -199,6 +201,8 @@ class LiveCapture:
             handle.set_timeout(1 if immediate else timeout_ms)
             handle.set_buffer_size(buffer_bytes)
             handle.activate()
+            if bpf is None and ports:
+                bpf = port_filter(ports, vlan=handle.datalink() == 1)
             if bpf:
                 handle.setfilter(bpf)
             handle.setnonblock(1)

@@ -10,6 +10,8 @@ end of a capture. The same packets therefore give the same report, live or offli
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,8 @@ from probe.mysql.events import (
 from probe.normalize import DEFAULT_CACHE_SIZE, Normalizer
 
 _META = struct.Struct("IIII")
+#: Recent segment signatures kept for duplicate suppression.
+_DEDUP_ENTRIES = 8192
 #: How often (packet time) the flow table is swept for expired connections.
 _SWEEP_EVERY_NS = 5_000_000_000
 
@@ -63,6 +67,9 @@ class EngineConfig:
     normalizer_cache: int = DEFAULT_CACHE_SIZE
     """Entries per normalizer cache."""
     flows: FlowLimits = field(default_factory=FlowLimits)
+    dedup_ns: int = 0
+    """Drop a segment identical to one seen within this many ns (0: off). Set when one
+    packet can reach the probe twice, as when capturing on several devices."""
     shard: tuple[int, int] = (0, 1)
     """(index, count): analyse only the connections this shard owns (see ``FlowTable``).
     Replay runs one engine per core over the same file this way; live capture shards in
@@ -128,6 +135,10 @@ class Engine:
         self.decode_counters = DecodeCounters()
         self._decode = make_decoder(linktype, self.decode_counters)
         self._linktype = linktype
+        self._decoders = {linktype: self._decode}
+        self._recent: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self.duplicates = 0
+        self.sessions: dict[str, tuple[str, str, int | None]] = {}
         self.aggregator = Aggregator(
             slow_threshold_us=config.slow_threshold_us,
             max_slow=config.max_slow,
@@ -154,12 +165,15 @@ class Engine:
 
     # -- input ----------------------------------------------------------------------------
 
-    def batch(self, buffer: bytes, meta: bytes) -> None:
-        """A batch as the capture adapter reads it: 16-byte (sec, usec, offset, caplen) records."""
+    def batch(self, buffer: bytes, meta: bytes, linktype: int | None = None) -> None:
+        """A batch as the capture adapter reads it: 16-byte (sec, usec, offset, caplen)
+        records, from a source of ``linktype`` (default: the engine's)."""
         if not meta:
             return
         if self._sharder is not None:
             self._sharded_batch(buffer, meta, self._sharder)
+        elif self.config.dedup_ns or (linktype is not None and linktype != self._linktype):
+            self._general_batch(buffer, meta, self._decoder(linktype or self._linktype))
         else:
             decode = self._decode
             segment = self.flows.segment
@@ -168,6 +182,34 @@ class Engine:
                 if decoded is not None:
                     segment(sec * 1_000_000_000 + usec * 1000, decoded)
         self._batch_done(buffer, meta)
+
+    def _decoder(self, linktype: int) -> Callable[[bytes], Segment | None]:
+        decode = self._decoders.get(linktype)
+        if decode is None:
+            decode = self._decoders[linktype] = make_decoder(linktype, self.decode_counters)
+        return decode
+
+    def _general_batch(self, buffer: bytes, meta: bytes, decode: Callable[[bytes], Segment | None]) -> None:
+        """Any link type, with duplicate suppression when configured."""
+        segment = self.flows.segment
+        window = self.config.dedup_ns
+        recent = self._recent
+        for sec, usec, offset, caplen in _META.iter_unpack(meta):
+            decoded = decode(buffer[offset : offset + caplen])
+            if decoded is None:
+                continue
+            ts = sec * 1_000_000_000 + usec * 1000
+            if window:
+                signature = (*decoded[:7], len(decoded[7]))
+                seen = recent.get(signature)
+                if seen is not None and ts - seen <= window:
+                    self.duplicates += 1
+                    continue
+                recent[signature] = ts
+                recent.move_to_end(signature)
+                if len(recent) > _DEDUP_ENTRIES:
+                    recent.popitem(last=False)
+            segment(ts, decoded)
 
     def _sharded_batch(self, buffer: bytes, meta: bytes, sharder: Sharder) -> None:
         """The batch loop of one replay worker: foreign connections' packets cost one
@@ -275,6 +317,18 @@ class Engine:
             name = "logins"
         counters[name] = counters.get(name, 0) + 1
 
+    def learn_sessions(self, sessions: dict[str, tuple[str, str, int | None]]) -> int:
+        """Client endpoint -> (user, db, connection id), from the server's process list:
+        fills in connections whose handshake was never seen. Returns how many it filled."""
+        self.sessions = sessions
+        self.flows.sessions = sessions
+        filled = 0
+        for conn in self.flows.table.values():
+            known = sessions.get(conn.client)
+            if known is not None and conn.conv.assume_session(*known):
+                filled += 1
+        return filled
+
     # -- output ---------------------------------------------------------------------------
 
     def finish(self, now_ns: int) -> None:
@@ -286,6 +340,7 @@ class Engine:
         counters: dict[str, Any] = {"packets": self.packets, "bytes": self.bytes}
         counters.update(self.decode_counters.as_dict())
         counters["tcp_segments"] = self.flows.tcp_segments
+        counters["duplicates"] = self.duplicates
         counters.update(self.flows.counters.as_dict())
         for name in (
             "responses_lost",

@@ -126,6 +126,9 @@ class FlowTable:
         self.tcp_segments = 0  # kept apart from ``counters``: it moves on every packet
         self.unparsed_closed = 0  # unparsed segments of connections already gone
         self.limit_hits_closed: dict[str, int] = {}  # conversation bounds hit by closed connections
+        # Client endpoint -> (user, db, connection id) from the server's process list, for
+        # connections whose handshake the probe never saw.
+        self.sessions: dict[str, tuple[str, str, int | None]] = {}
 
     # -- per segment --------------------------------------------------------------------------
 
@@ -204,6 +207,10 @@ class FlowTable:
         server = endpoint(key[2], key[3])
         conv = Conversation(client, server, self.normalizer, from_start=from_start, limits=self.limits.conversation)
         conn = Connection(client, server, conv, ts)
+        if not from_start:
+            known = self.sessions.get(client)
+            if known is not None:
+                conv.assume_session(*known)
         self.table[key] = conn
         self.counters.connections_opened += 1
         if not from_start:

@@ -304,6 +304,22 @@ class Conversation:
         self.phase = CLOSED
         return events
 
+    def assume_session(self, user: str, db: str, conn_id: int | None) -> bool:
+        """Session facts learnt elsewhere (the server's process list) for a connection whose
+        handshake was not seen; facts the wire already told are kept. Returns whether any
+        was filled."""
+        if self.user or self.phase in (GREETING, LOGIN, AUTH):
+            return False
+        self.user = user
+        if not self.db:
+            self.db = db
+        if self.conn_id is None:
+            self.conn_id = conn_id
+        for cmd in self.pending:
+            if not cmd.db:
+                cmd.db = self.db
+        return True
+
     # -- client side --------------------------------------------------------------------------
 
     def _client_segment(self, ts: int, data: bytes, start: int, ack: int | None) -> None:

@@ -7,7 +7,7 @@ import threading
 import time
 from types import TracebackType
 
-from probe.capture import LiveCapture, port_filter
+from probe.capture import LiveCapture
 
 
 class LoopbackRecorder:
@@ -20,7 +20,7 @@ class LoopbackRecorder:
         self.packets = 0
         self.dropped = 0
         self._stop = threading.Event()
-        self._capture = LiveCapture(device, port_filter({port}), buffer_bytes=64 << 20)
+        self._capture = LiveCapture(device, {port}, buffer_bytes=64 << 20)
         self._dumper = self._capture.dump_open(path)
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
 
