@@ -1,4 +1,4 @@
-"""Command line: ``mysqlprobe replay`` (offline analysis of a capture file).
+"""Command line: ``mysqlprobe replay`` (offline) and ``mysqlprobe run`` (a node).
 
 Owns argument parsing, exit codes and user-facing error lines. Bad input is one line on
 stderr and exit code 2; a capture that is damaged part way still gets its report for what
@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes analysing the file (default: up to 2 cores)",
     )
     replay.add_argument("--redact", action="store_true", help="slow samples show templates, not raw SQL")
+
+    run = sub.add_parser("run", help="run a node (slave, master or standby) from a configuration file")
+    run.add_argument("-c", "--config", default="config.yaml", help="configuration file (default config.yaml)")
     return parser
 
 
@@ -112,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "run":
+            from mysqlprobe.node import run_node
+
+            return run_node(args.config)
         return _replay(args)
     except UsageError as exc:
         print(f"mysqlprobe: error: {exc}", file=sys.stderr)

@@ -157,7 +157,9 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+        item = typing.get_args(tp)[0]
+        plural = {bool: "booleans", int: "integers", str: "strings", float: "numbers"}.get(item, str(item))
+        return f"a list of {plural}"
     return {bool: "a boolean (true/false)", int: "an integer", str: "a string", float: "a number"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )

@@ -28,7 +28,8 @@ def free_port() -> int:
 class MariaDB:
     """A mariadbd process with its own datadir, listening on 127.0.0.1:``port``."""
 
-    def __init__(self, *, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+    def __init__(self, *, extra_args: Sequence[str] = (), port: int | None = None, bind: str = "127.0.0.1") -> None:
+        self.bind = bind
         self.dir = tempfile.mkdtemp(prefix="mysqlprobe-mariadb-")
         self.datadir = os.path.join(self.dir, "data")
         self.port = port or free_port()
@@ -61,7 +62,7 @@ class MariaDB:
             "--no-defaults",
             f"--datadir={self.datadir}",
             f"--port={self.port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.bind}",
             f"--socket={self.socket}",
             f"--pid-file={os.path.join(self.dir, 'mysqld.pid')}",
             f"--log-error={self.log}",

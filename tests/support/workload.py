@@ -157,7 +157,7 @@ class Accounting:
         # A statement of a multi-statement query is recorded with the rest of the text.
         return self.norm.normalize(split_statements(sql)[0]).key
 
-    def expectations(self) -> dict[str, list[int]]:
+    def expectations(self, schema: str | None = None) -> dict[str, list[int]]:
         """Per our template key: [statements, errors] the server accounted.
 
         Counts come from events_statements_summary_by_digest (read first). Each digest is
@@ -166,14 +166,16 @@ class Accounting:
         statements nested in stored programs never crossed the wire and are subtracted;
         statements the parser rejected have no digest and are taken from the history.
         """
+        schema_filter = f" AND SCHEMA_NAME = '{schema}'" if schema else ""
         summary = self._query(
             "SELECT DIGEST, DIGEST_TEXT, COUNT_STAR, SUM_ERRORS"
             " FROM performance_schema.events_statements_summary_by_digest"
-            " WHERE DIGEST IS NOT NULL AND DIGEST_TEXT NOT LIKE 'TRUNCATE `performance_schema`%'"
+            " WHERE DIGEST IS NOT NULL AND DIGEST_TEXT NOT LIKE 'TRUNCATE `performance_schema`%'" + schema_filter
         )
         history = self._query(
             "SELECT DIGEST, SQL_TEXT, NESTING_EVENT_LEVEL, ERRORS, EVENT_NAME"
             " FROM performance_schema.events_statements_history_long"
+            + (f" WHERE CURRENT_SCHEMA = '{schema}'" if schema else "")
         )
         top_keys: dict[str, Counter[str]] = {}
         nested: Counter[str] = Counter()

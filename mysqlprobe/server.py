@@ -1,0 +1,240 @@
+"""The node's HTTP and websocket server (aiohttp): /collector, /status, /config/update.
+
+Owns serving reports to subscribers and the HTTP rules of the API:
+
+- ``/collector`` (websocket): each report is one binary message, a raw snappy block of the
+  report's JSON. A template's text goes to a subscriber the first time its key does (so a
+  late subscriber gets every text it has not seen), and again on request: a text message
+  ``{"templates": [key, ...]}`` is answered with ``{"kind": "templates", "templates":
+  {key: text}}``. Every subscriber has a bounded queue; one that falls ``maxqueue``
+  messages behind, or does not take a message within ``writetimeoutms``, is dropped and
+  counted: a slow reader never grows the node's memory.
+- Errors are JSON ``{"error": reason}`` with 400 (bad parameter), 401 (token), 404, 405.
+- Endpoints that change state need the configured token (``Authorization: Bearer T``,
+  ``X-Mysqlprobe-Token: T`` or ``?token=T``) when one is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from message import encode
+
+log = logging.getLogger("mysqlprobe.server")
+
+#: Template texts remembered for late subscribers and requests.
+DEFAULT_TEMPLATE_CACHE = 100_000
+#: Keys remembered per subscriber as already sent.
+DEFAULT_KNOWN_KEYS = 100_000
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def problem(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+def check_token(request: web.Request, token: str) -> None:
+    if not token:
+        return
+    offered = (
+        request.headers.get("X-Mysqlprobe-Token")
+        or request.query.get("token")
+        or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    )
+    if not offered or not hmac.compare_digest(offered.encode(), token.encode()):
+        raise HTTPProblem(401, "this endpoint needs the configured token")
+
+
+@dataclass(eq=False)  # identity: subscribers live in a set
+class _Subscriber:
+    ws: web.WebSocketResponse
+    queue: asyncio.Queue[bytes]
+    known: OrderedDict[str, None]
+    peer: str
+    sent: int = 0
+
+
+class CollectorHub:
+    """Fans reports out to /collector subscribers."""
+
+    def __init__(
+        self,
+        *,
+        max_queue: int = 16,
+        write_timeout_s: float = 5.0,
+        heartbeat_s: float = 30.0,
+        max_message: int = 64 << 20,
+        template_cache: int = DEFAULT_TEMPLATE_CACHE,
+    ) -> None:
+        self.max_queue = max_queue
+        self.write_timeout_s = write_timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.max_message = max_message
+        self.template_cache = template_cache
+        self.templates: OrderedDict[str, str] = OrderedDict()
+        self.subscribers: set[_Subscriber] = set()
+        self.subscribers_total = 0
+        self.subscribers_dropped = 0
+        self.messages_sent = 0
+        self.published = 0
+        self.last_report: dict[str, Any] | None = None
+
+    def remember_templates(self, texts: Mapping[str, str]) -> None:
+        cache = self.templates
+        for key, text in texts.items():
+            if key in cache:
+                cache.move_to_end(key)
+            cache[key] = text
+        while len(cache) > self.template_cache:
+            cache.popitem(last=False)
+
+    def publish(self, report: dict[str, Any]) -> None:
+        """Queue one report for every subscriber; entries carry their ``template`` text."""
+        texts = {t["key"]: t["template"] for t in report.get("templates", ()) if t.get("template")}
+        self.remember_templates(texts)
+        self.published += 1
+        self.last_report = report
+        bare = [{k: v for k, v in t.items() if k != "template"} for t in report.get("templates", ())]
+        for sub in list(self.subscribers):
+            entries = []
+            for full, stripped in zip(report.get("templates", ()), bare, strict=True):
+                key = full["key"]
+                if key in sub.known:
+                    sub.known.move_to_end(key)
+                    entries.append(stripped)
+                else:
+                    sub.known[key] = None
+                    entries.append(full)
+            while len(sub.known) > DEFAULT_KNOWN_KEYS:
+                sub.known.popitem(last=False)
+            message = encode({**report, "templates": entries})
+            try:
+                sub.queue.put_nowait(message)
+            except asyncio.QueueFull:
+                self._drop(sub, "fell behind")
+
+    def _drop(self, sub: _Subscriber, why: str) -> None:
+        if sub in self.subscribers:
+            self.subscribers.discard(sub)
+            self.subscribers_dropped += 1
+            log.warning("dropping /collector subscriber %s: %s", sub.peer, why)
+            asyncio.get_event_loop().create_task(sub.ws.close(code=1013, message=why.encode()))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat_s, max_msg_size=self.max_message)
+        if not ws.can_prepare(request).ok:
+            raise HTTPProblem(400, "/collector is a websocket endpoint")
+        await ws.prepare(request)
+        sub = _Subscriber(ws, asyncio.Queue(self.max_queue), OrderedDict(), request.remote or "?")
+        self.subscribers.add(sub)
+        self.subscribers_total += 1
+        writer = asyncio.ensure_future(self._writer(sub))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._request(sub, msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.subscribers.discard(sub)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return ws
+
+    async def _writer(self, sub: _Subscriber) -> None:
+        while True:
+            message = await sub.queue.get()
+            try:
+                await asyncio.wait_for(sub.ws.send_bytes(message), self.write_timeout_s)
+            except (TimeoutError, ConnectionResetError, RuntimeError):
+                self._drop(sub, "write timed out")
+                return
+            sub.sent += 1
+            self.messages_sent += 1
+
+    async def _request(self, sub: _Subscriber, text: str) -> None:
+        try:
+            data = json.loads(text)
+            keys = data["templates"]
+            if not isinstance(keys, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            await sub.ws.send_str(json.dumps({"error": 'expected {"templates": [key, ...]}'}))
+            return
+        found = {str(k): self.templates[str(k)] for k in keys if str(k) in self.templates}
+        for key in found:
+            sub.known[key] = None
+        await sub.ws.send_bytes(encode({"kind": "templates", "templates": found}))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "subscribers": len(self.subscribers),
+            "subscribers_total": self.subscribers_total,
+            "subscribers_dropped": self.subscribers_dropped,
+            "reports_published": self.published,
+            "messages_sent": self.messages_sent,
+            "templates_cached": len(self.templates),
+        }
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPProblem as exc:
+        return problem(exc.status, exc.reason)
+    except web.HTTPMethodNotAllowed as exc:
+        return problem(405, f"{request.method} is not allowed here (allowed: {', '.join(sorted(exc.allowed_methods))})")
+    except web.HTTPNotFound:
+        return problem(404, f"no such endpoint: {request.path}")
+
+
+def parse_int(request: web.Request, params: Mapping[str, str], name: str, low: int, high: int, unit: str) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPProblem(400, f"{name}: expected a whole number of {unit}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise HTTPProblem(400, f"{name}: {value} is out of range {low}-{high} {unit}")
+    return value
+
+
+async def request_params(request: web.Request) -> dict[str, str]:
+    """Query string and, for POST, form or JSON body parameters (body wins)."""
+    params = dict(request.query)
+    if request.method == "POST" and request.can_read_body:
+        if request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HTTPProblem(400, "the body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise HTTPProblem(400, "the JSON body must be an object")
+            params.update({str(k): str(v) for k, v in body.items()})
+        else:
+            params.update({k: str(v) for k, v in (await request.post()).items()})
+    params.pop("token", None)
+    return params
