@@ -81,6 +81,7 @@ def worker_main(index: int, settings: WorkerSettings, control: Connection) -> No
     control.send(("ready", os.getpid()))
     previous: dict[str, Any] = {}
     fds: list[Any] = [c.fileno() for c in captures] + [control]
+    batches = 0
     while True:
         try:
             select.select(fds, [], [], 0.5)
@@ -91,6 +92,7 @@ def worker_main(index: int, settings: WorkerSettings, control: Connection) -> No
                 buffer, meta = capture.read_batch(_BATCH)
                 if not meta:
                     break
+                batches += 1
                 engine.batch(buffer, meta, capture.linktype)
         if os.getppid() != settings.parent_pid:
             return  # orphaned: the slave is gone
@@ -102,7 +104,7 @@ def worker_main(index: int, settings: WorkerSettings, control: Connection) -> No
             kind = message[0]
             if kind == "drain":
                 engine.tick(time.time_ns())
-                previous = _drain(index, engine, captures, previous, control)
+                previous = _drain(index, engine, captures, previous, control, batches)
             elif kind == "sessions":
                 engine.learn_sessions(message[1])
             elif kind == "slow_threshold_us":
@@ -119,9 +121,11 @@ def _drain(
     captures: list[LiveCapture],
     previous: dict[str, Any],
     control: Connection,
+    batches: int,
 ) -> dict[str, Any]:
     interval = engine.drain()
     cumulative = engine.capture_counters()
+    cumulative["capture_batches"] = batches
     received = dropped = if_dropped = 0
     for capture in captures:
         r, d, i = capture.stats()
