@@ -141,7 +141,8 @@ def main() -> None:
         ratio = r["seen"] / r["executed"] * 100 if r["executed"] else 0.0
         print(
             f"  with slave: {r['qps']:,.0f} q/s; statements seen {r['seen']:,} / executed {r['executed']:,} = "
-            f"{ratio:.3f}% (digest table: {r['digests']:,}); kernel drops {r['kernel_drops']}; slave CPU {r['slave_cpu_s']:.2f} s = "
+            f"{ratio:.3f}% (digest table: {r['digests']:,}); kernel drops {r['kernel_drops']}; "
+            f"slave CPU {r['slave_cpu_s']:.2f} s = "
             f"{r['slave_cpu_s'] / r['seen'] * 1e6:.1f} ms per 1,000 statements"
         )
     for r in results["without"]:
