@@ -322,3 +322,30 @@ def test_watcher_password_from_the_environment(server: MariaDB, tmp_path: Path) 
 
 def test_pymysql_available() -> None:
     assert pymysql.__version__
+
+
+def test_same_packet_on_two_devices_is_counted_once(server: MariaDB, tmp_path: Path) -> None:
+    # On Linux, "any" sees loopback traffic too: every packet reaches both handles.
+    config = slave_config(server, probe={"device": "lo,any"})
+    node = Node(tmp_path, config).start()
+    collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+    try:
+        conn = server.connect(database=workload.DB, autocommit=True)
+        with conn.cursor() as cur:
+            for i in range(40):
+                cur.execute("SELECT note FROM items WHERE id = %s", (i + 1,))
+                cur.fetchall()
+        conn.close()
+        key = _key("SELECT note FROM items WHERE id = ?")
+
+        def counted(c: Collector) -> int:
+            return sum(e["count"] for r in c.reports for e in r["templates"] if e["key"] == key)
+
+        collector.wait_for(lambda c: counted(c) >= 40)
+        time.sleep(2.5)
+        assert counted(collector) == 40
+        assert sum(r["capture"].get("duplicates", 0) for r in collector.reports) > 0
+        assert sum(r["capture"].get("retransmitted", 0) for r in collector.reports) == 0
+    finally:
+        collector.close()
+        node.stop()
