@@ -307,8 +307,19 @@ def report_totals(
         "encrypted_conns": int(capture.get("encrypted_conns", 0)),
         "unparsed_packets": int(capture.get("unparsed_segments", 0)),
         "responses_lost": lost,
+        "incomplete": incomplete,
         "coverage": round((commands - incomplete) / observed, 6) if observed else 1.0,
     }
+
+
+def merge_totals(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    """Add totals of another report; ``coverage`` is recomputed from the sums."""
+    for name, value in other.items():
+        if name != "coverage" and isinstance(value, int) and not isinstance(value, bool):
+            into[name] = into.get(name, 0) + value
+    commands = into.get("commands", 0)
+    observed = commands + into.get("responses_lost", 0)
+    into["coverage"] = round((commands - into.get("incomplete", 0)) / observed, 6) if observed else 1.0
 
 
 def add_capture(into: dict[str, Any], other: Mapping[str, Any], *, sign: int = 1) -> None:

@@ -52,6 +52,20 @@ class ClusterConfig:
     """Cluster group name: nodes of one group form one cluster."""
     port: int = field(default=7946, metadata={"check": _check_port})
     """Gossip port (gossip mode)."""
+    bind: str = "127.0.0.1"
+    """Address for gossip and for the election's Raft traffic (gossip mode)."""
+    rpcport: int = field(default=7373, metadata={"check": _check_port})
+    """Local port of the gossip agent's control interface (gossip mode)."""
+    seeds: list[str] = field(default_factory=list, metadata={"check_item": _check_endpoint})
+    """Gossip addresses (HOST:PORT) of members to join at start (gossip mode)."""
+    raftport: int = field(default=7947, metadata={"check": _check_port})
+    """Port of this node's Raft member, if it votes (gossip mode)."""
+    voters: list[str] = field(default_factory=list, metadata={"check_item": _check_endpoint})
+    """Raft addresses (bind:raftport) of the nodes that vote on the master: masters,
+    standbys and a slave or more as witnesses. Empty: this node decides alone."""
+    lockttlms: int = field(default=3000, metadata={"check": _check_positive})
+    """The master lock expires this long after its holder stops renewing it: how soon a
+    standby can take over from a dead master."""
 
 
 @dataclass

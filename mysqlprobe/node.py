@@ -1,8 +1,10 @@
 """``mysqlprobe run``: a node of the role its configuration says, served over HTTP.
 
-Owns the process wiring of a slave: the capture worker pool, the process list watcher, the
-interval loop (drain the workers, merge their statistics into one report, publish it on
-/collector) and the HTTP endpoints of a slave (/status, /config/update).
+Owns the process wiring of a node. ``BaseNode`` is what every role has (the HTTP app with
+/collector, /status, /config/update and /cluster/*, the cluster wiring, the pusher, the
+persisted report sequence); ``SlaveNode`` adds the capture worker pool, the process list
+watcher and the interval loop (drain the workers, merge their statistics into one report,
+publish it). The master and standby live in ``mysqlprobe.master``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from message.persist import StateError, read_state, write_state
 from message.report import (
     SCHEMA_VERSION,
     SlowSamples,
@@ -29,11 +32,13 @@ from message.report import (
     report_totals,
 )
 from mysqlprobe import __version__
-from mysqlprobe.config import Config, ConfigError, load_config
+from mysqlprobe.clustering import Clustering
+from mysqlprobe.config import Config, ConfigError, load_config, state_dir
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
 from mysqlprobe.server import CollectorHub, HTTPProblem, check_token, errors_as_json, parse_int, request_params
 from probe.engine import EngineConfig
 from probe.flows import FlowLimits
+from pusher.client import Pusher
 from watcher import ProcesslistWatcher, Session
 
 log = logging.getLogger("mysqlprobe")
@@ -75,11 +80,16 @@ class RuntimeSettings:
         return changed
 
 
-class SlaveNode:
-    role = "slave"
+class BaseNode:
+    """What every node has: the HTTP app, /collector, /status, runtime settings, the
+    cluster wiring, the pusher and a persisted report sequence number."""
 
-    def __init__(self, config: Config) -> None:
+    role = "node"
+    master_capable = False
+
+    def __init__(self, config: Config, state: Path) -> None:
         self.config = config
+        self.state = state
         self.name = config.node_name
         self.started = time.time()
         self.git_hash = git_hash()
@@ -90,6 +100,155 @@ class SlaveNode:
             heartbeat_s=config.websocket.pingtimeouts,
             max_message=config.websocket.maxmessagesize,
         )
+        self.clustering = Clustering(config, self.name, state, master_capable=self.master_capable)
+        self.pusher: Pusher | None = None
+        if config.pusher.servers:
+            self.pusher = Pusher(
+                config.pusher.servers,
+                path=config.pusher.path,
+                preconnect=config.pusher.preconnect,
+                reconnect_max_s=config.websocket.reconnectperiods,
+            )
+        saved = read_state(state / "seq.json", "report-seq")
+        self.seq = int(saved["seq"]) if saved and saved.get("node") == self.name else 0
+        self.last_report_at: float | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Future[Any]] = []
+
+    @property
+    def current_role(self) -> str:
+        return self.clustering.role if self.master_capable else self.role
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        write_state(self.state / "seq.json", "report-seq", {"node": self.name, "seq": self.seq})
+        return self.seq
+
+    def publish(self, report: dict[str, Any]) -> None:
+        self.hub.publish(report)
+        if self.pusher is not None:
+            self.pusher.push(report)
+        self.last_report_at = time.time()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_as_json])
+        app.router.add_get("/collector", self.hub.handle)
+        app.router.add_get("/status", self.status)
+        app.router.add_route("*", "/config/update", self.config_update)
+        self.clustering.routes(app)
+        return app
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.start()
+        await asyncio.to_thread(self.clustering.start)
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.bind, self.config.serverport)
+        await site.start()
+        log.info("%s %s serving on %s:%d", self.current_role, self.name, self.config.bind, self.config.serverport)
+        self._tasks.append(asyncio.ensure_future(self._cluster_loop()))
+        if self.pusher is not None:
+            self._tasks.append(asyncio.ensure_future(self.pusher.run()))
+        try:
+            await self.main()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await self.stop()
+            if self.pusher is not None:
+                await self.pusher.close()
+            await asyncio.to_thread(self.clustering.stop)
+            await runner.cleanup()
+
+    async def _cluster_loop(self) -> None:
+        while True:
+            try:
+                changed = await asyncio.to_thread(self.clustering.step)
+            except Exception:  # a cluster hiccup must not take the node down
+                log.exception("cluster step failed")
+                changed = False
+            if changed:
+                log.info("role %s, epoch %d", self.clustering.role, self.clustering.epoch)
+            await self.cluster_changed(changed)
+            await asyncio.sleep(0.5)
+
+    async def start(self) -> None:
+        """Role-specific start (before the HTTP server)."""
+
+    async def stop(self) -> None:
+        """Role-specific cleanup."""
+
+    async def main(self) -> None:
+        await self._stop.wait()
+
+    async def cluster_changed(self, changed: bool) -> None:
+        """Called after every cluster step."""
+
+    def status_body(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "git_hash": self.git_hash,
+            "node": self.name,
+            "role": self.current_role,
+            "epoch": self.clustering.epoch,
+            "uptime_s": round(time.time() - self.started, 1),
+            "settings": dict(self.settings.current),
+            "pending_settings": dict(self.settings.pending),
+            "seq": self.seq,
+            "last_report_at": self.last_report_at,
+            "collector": self.hub.status(),
+            "cluster": self.clustering.status(),
+            "pusher": self.pusher.status() if self.pusher is not None else None,
+        }
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status_body())
+
+    async def config_update(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "POST"):
+            raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: GET, POST)")
+        check_token(request, self.config.token)
+        params = await request_params(request)
+        unknown = sorted(set(params) - set(RuntimeSettings.TUNABLE))
+        if unknown:
+            raise HTTPProblem(
+                400, f"unknown setting {unknown[0]!r} (tunable: {', '.join(sorted(RuntimeSettings.TUNABLE))})"
+            )
+        if not params:
+            raise HTTPProblem(400, f"no setting given (tunable: {', '.join(sorted(RuntimeSettings.TUNABLE))})")
+        accepted = {}
+        for name, (low, high, unit) in RuntimeSettings.TUNABLE.items():
+            value = parse_int(request, params, name, low, high, unit)
+            if value is not None:
+                accepted[name] = value
+        self.settings.pending.update(accepted)
+        return web.json_response({"accepted": accepted, "effective": "at the next interval"})
+
+    async def wait_interval(self, start_ns: int) -> bool:
+        """Sleep to the end of the interval that began at ``start_ns``; False when stopping."""
+        period_ns = self.settings.current["report_period_ms"] * 1_000_000
+        wait = (start_ns + period_ns - time.time_ns()) / 1e9
+        if wait > 0:
+            try:
+                await asyncio.wait_for(self._stop.wait(), wait)
+                return False
+            except TimeoutError:
+                pass
+        return not self._stop.is_set()
+
+
+class SlaveNode(BaseNode):
+    role = "slave"
+
+    def __init__(self, config: Config, state: Path) -> None:
+        super().__init__(config, state)
+        saved = read_state(state / "epoch.json", "fencing-epoch")
+        if saved:
+            self.hub.max_epoch = int(saved["epoch"])
+        self.hub.on_epoch = lambda epoch: write_state(state / "epoch.json", "fencing-epoch", {"epoch": epoch})
         engine = EngineConfig(
             ports=frozenset({config.probe.port}),
             slow_threshold_us=config.slowthresholdms * 1000,
@@ -120,46 +279,28 @@ class SlaveNode:
                 refresh_s=config.watcher.refreshs,
                 on_refresh=self._sessions,
             )
-        self.seq = 0
         self.capture_totals: dict[str, Any] = {}
-        self.last_report_at: float | None = None
         self.trace_seq = 0
         self._pool_lock = asyncio.Lock()
-        self._stop = asyncio.Event()
 
     # -- wiring ---------------------------------------------------------------------------
 
     def _sessions(self, sessions: dict[str, Session]) -> None:
         self.pool.broadcast(("sessions", {k: (s.user, s.db, s.conn_id) for k, s in sessions.items()}))
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_json])
-        app.router.add_get("/collector", self.hub.handle)
-        app.router.add_get("/status", self.status)
-        app.router.add_route("*", "/config/update", self.config_update)
-        return app
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+    async def start(self) -> None:
         await asyncio.to_thread(self.pool.start)
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.bind, self.config.serverport)
-        await site.start()
-        log.info("slave %s serving on %s:%d", self.name, self.config.bind, self.config.serverport)
         if self.watcher is not None:
             self.watcher.start()
-        health = asyncio.ensure_future(self._health())
-        try:
-            await self._intervals()
-        finally:
-            health.cancel()
-            if self.watcher is not None:
-                await asyncio.to_thread(self.watcher.stop)
-            await asyncio.to_thread(self.pool.stop)
-            await runner.cleanup()
+        self._tasks.append(asyncio.ensure_future(self._health()))
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
+        await asyncio.to_thread(self.pool.stop)
+
+    async def main(self) -> None:
+        await self._intervals()
 
     async def _health(self) -> None:
         while True:
@@ -173,16 +314,9 @@ class SlaveNode:
 
     async def _intervals(self) -> None:
         start = time.time_ns()
-        while not self._stop.is_set():
-            period_ns = self.settings.current["report_period_ms"] * 1_000_000
-            wait = (start + period_ns - time.time_ns()) / 1e9
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(self._stop.wait(), wait)
-                    break
-                except TimeoutError:
-                    pass
+        while await self.wait_interval(start):
             end = time.time_ns()
+            period_ns = self.settings.current["report_period_ms"] * 1_000_000
             async with self._pool_lock:
                 answers, missing = await asyncio.to_thread(self.pool.drain, max(2.0, period_ns / 2e9))
             self.publish(self.build_report(start, end, answers, missing))
@@ -190,10 +324,6 @@ class SlaveNode:
             if "slow_threshold_ms" in changed:
                 self.pool.broadcast(("slow_threshold_us", changed["slow_threshold_ms"] * 1000))
             start = end
-
-    def publish(self, report: dict[str, Any]) -> None:
-        self.hub.publish(report)
-        self.last_report_at = time.time()
 
     # -- reports --------------------------------------------------------------------------
 
@@ -212,7 +342,7 @@ class SlaveNode:
         capture["workers_missing"] = len(missing)
         capture["workers_restarted"] = self.pool.restarts
         add_capture(self.capture_totals, {k: v for k, v in capture.items() if k != "workers_restarted"})
-        self.seq += 1
+        seq = self.next_seq()
         samples = []
         for sample in slow.worst_first():
             self.trace_seq += 1
@@ -225,8 +355,8 @@ class SlaveNode:
             "kind": "interval",
             "node": self.name,
             "role": self.role,
-            "seq": self.seq,
-            "epoch": 0,
+            "seq": seq,
+            "epoch": self.hub.max_epoch if self.hub.max_epoch > 0 else 0,
             "server": servers[0] if len(servers) == 1 else f"*:{self.config.probe.port}",
             "interval": {"start_ns": start_ns, "end_ns": end_ns},
             "totals": report_totals(counters, capture, ordered),
@@ -238,49 +368,21 @@ class SlaveNode:
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(
+    def status_body(self) -> dict[str, Any]:
+        body = super().status_body()
+        body.update(
             {
-                "version": __version__,
-                "git_hash": self.git_hash,
-                "node": self.name,
-                "role": self.role,
-                "uptime_s": round(time.time() - self.started, 1),
                 "devices": self.config.devices,
                 "port": self.config.probe.port,
-                "settings": dict(self.settings.current),
-                "pending_settings": dict(self.settings.pending),
-                "seq": self.seq,
-                "last_report_at": self.last_report_at,
                 "capture": self.capture_totals,
                 "dropped_kernel": self.capture_totals.get("dropped_kernel", 0),
                 "dropped_interface": self.capture_totals.get("dropped_interface", 0),
                 "workers": self.pool.status(),
                 "workers_restarted": self.pool.restarts,
-                "collector": self.hub.status(),
                 "watcher": self.watcher.status() if self.watcher is not None else None,
             }
         )
-
-    async def config_update(self, request: web.Request) -> web.Response:
-        if request.method not in ("GET", "POST"):
-            raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: GET, POST)")
-        check_token(request, self.config.token)
-        params = await request_params(request)
-        unknown = sorted(set(params) - set(RuntimeSettings.TUNABLE))
-        if unknown:
-            raise HTTPProblem(
-                400, f"unknown setting {unknown[0]!r} (tunable: {', '.join(sorted(RuntimeSettings.TUNABLE))})"
-            )
-        if not params:
-            raise HTTPProblem(400, f"no setting given (tunable: {', '.join(sorted(RuntimeSettings.TUNABLE))})")
-        accepted = {}
-        for name, (low, high, unit) in RuntimeSettings.TUNABLE.items():
-            value = parse_int(request, params, name, low, high, unit)
-            if value is not None:
-                accepted[name] = value
-        self.settings.pending.update(accepted)
-        return web.json_response({"accepted": accepted, "effective": "at the next interval"})
+        return body
 
 
 def run_node(config_path: str) -> int:
@@ -290,12 +392,22 @@ def run_node(config_path: str) -> int:
     except ConfigError as exc:
         print(f"mysqlprobe: config error: {exc}", file=sys.stderr)
         return 2
-    if not config.slave:
-        print("mysqlprobe: slave: false (master/standby) is not available in this build", file=sys.stderr)
-        return 2
-    node = SlaveNode(config)
+    state = state_dir(config, config_path)
+    node: BaseNode
     try:
+        if config.slave:
+            node = SlaveNode(config, state)
+        else:
+            from mysqlprobe.master import MasterNode
+
+            node = MasterNode(config, state)
         asyncio.run(node.run())
+    except StateError as exc:
+        print(f"mysqlprobe: state error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"mysqlprobe: config error: {exc}", file=sys.stderr)
+        return 2
     except WorkerError as exc:
         print(f"mysqlprobe: cannot capture: {exc}", file=sys.stderr)
         return 2

@@ -68,6 +68,12 @@ class _Subscriber:
     known: OrderedDict[str, None]
     peer: str
     sent: int = 0
+    master: str | None = None  # the master node this subscriber says it is
+    epoch: int = -1
+
+
+#: Close code for a master whose epoch is older than one already seen (fenced off).
+CLOSE_STALE_EPOCH = 4409
 
 
 class CollectorHub:
@@ -94,6 +100,9 @@ class CollectorHub:
         self.messages_sent = 0
         self.published = 0
         self.last_report: dict[str, Any] | None = None
+        self.max_epoch = -1  # highest master epoch seen: the fencing token
+        self.stale_masters_refused = 0
+        self.on_epoch: Callable[[int], None] | None = None
 
     def remember_templates(self, texts: Mapping[str, str]) -> None:
         cache = self.templates
@@ -118,9 +127,11 @@ class CollectorHub:
                 if key in sub.known:
                     sub.known.move_to_end(key)
                     entries.append(stripped)
-                else:
+                elif full.get("template"):
                     sub.known[key] = None
                     entries.append(full)
+                else:
+                    entries.append(stripped)  # no text known yet: it goes with a later report
             while len(sub.known) > DEFAULT_KNOWN_KEYS:
                 sub.known.popitem(last=False)
             message = encode({**report, "templates": entries})
@@ -172,6 +183,14 @@ class CollectorHub:
     async def _request(self, sub: _Subscriber, text: str) -> None:
         try:
             data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("hello"), dict):
+            await self._hello(sub, data["hello"])
+            return
+        try:
+            if not isinstance(data, dict):
+                raise TypeError
             keys = data["templates"]
             if not isinstance(keys, list):
                 raise TypeError
@@ -183,8 +202,44 @@ class CollectorHub:
             sub.known[key] = None
         await sub.ws.send_bytes(encode({"kind": "templates", "templates": found}))
 
+    async def _hello(self, sub: _Subscriber, hello: Mapping[str, Any]) -> None:
+        """A subscriber introduces itself. A master with an epoch older than one already
+        seen is refused (fencing: a stalled master that comes back cannot act); a newer
+        master cuts off the older ones still subscribed."""
+        try:
+            epoch = int(hello.get("epoch", 0))
+        except (TypeError, ValueError):
+            epoch = 0
+        if hello.get("role") != "master":
+            await sub.ws.send_str(json.dumps({"welcome": {"epoch": self.max_epoch}}))
+            return
+        if epoch < self.max_epoch:
+            self.stale_masters_refused += 1
+            log.warning("refusing master %s: epoch %d < %d", hello.get("node"), epoch, self.max_epoch)
+            await sub.ws.send_str(json.dumps({"error": "stale epoch", "epoch": self.max_epoch}))
+            self.subscribers.discard(sub)
+            await sub.ws.close(code=CLOSE_STALE_EPOCH, message=b"stale epoch")
+            return
+        sub.master = str(hello.get("node", "?"))
+        sub.epoch = epoch
+        if epoch > self.max_epoch:
+            self.max_epoch = epoch
+            if self.on_epoch is not None:
+                self.on_epoch(epoch)
+            for other in list(self.subscribers):
+                if other is not sub and other.master is not None and other.epoch < epoch:
+                    self.stale_masters_refused += 1
+                    self.subscribers.discard(other)
+                    asyncio.get_event_loop().create_task(
+                        other.ws.close(code=CLOSE_STALE_EPOCH, message=b"a newer master took over")
+                    )
+        await sub.ws.send_str(json.dumps({"welcome": {"epoch": self.max_epoch}}))
+
     def status(self) -> dict[str, Any]:
         return {
+            "max_epoch": self.max_epoch,
+            "stale_masters_refused": self.stale_masters_refused,
+            "masters": sorted(f"{s.master}@{s.epoch}" for s in self.subscribers if s.master is not None),
             "subscribers": len(self.subscribers),
             "subscribers_total": self.subscribers_total,
             "subscribers_dropped": self.subscribers_dropped,

@@ -1,0 +1,166 @@
+"""The master's merge: many slaves' interval reports in, one cluster report out.
+
+Owns merging reports exactly once. A report is identified by (node, seq); one seen before
+is dropped and counted (a slave resending after a reconnect, a pusher retrying). Within an
+interval, templates merge per (server, db, key): counts, sums and bytes add, errors add per
+code, sketches add bucket by bucket, min/max take the extremes, slow samples keep the worst
+N; nothing is ever overwritten. A gap in a slave's sequence numbers means intervals that
+never arrived: they are listed in the merged report (``missing``), as are slaves that sent
+nothing in the interval, so absence is visible rather than silent.
+
+Sans-I/O: ``add(report)`` and ``drain(...)``; the caller owns the clock and the sockets.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from message.report import (
+    SCHEMA_VERSION,
+    SchemaError,
+    SlowQuery,
+    SlowSamples,
+    TemplateStats,
+    add_capture,
+    merge_templates,
+    merge_totals,
+)
+
+#: Sequence numbers remembered per slave for duplicate detection.
+DEFAULT_SEEN_WINDOW = 4096
+#: Missing sequence numbers listed per slave and interval (longer runs are summarised).
+MAX_MISSING_LISTED = 100
+
+
+@dataclass
+class _SlaveState:
+    last_seq: int = 0
+    seen: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    reports: list[int] = field(default_factory=list)  # seqs merged in the current interval
+    missing: list[int] = field(default_factory=list)
+    missing_count: int = 0
+    totals: dict[str, Any] = field(default_factory=dict)
+    last_report_ns: int = 0
+
+
+class ReportMerger:
+    def __init__(self, *, max_slow: int = 100, seen_window: int = DEFAULT_SEEN_WINDOW) -> None:
+        self.max_slow = max_slow
+        self.seen_window = seen_window
+        self.slaves: dict[str, _SlaveState] = {}
+        self.duplicates = 0
+        self.merged = 0
+        self.rejected = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.templates: dict[tuple[str, str, str], TemplateStats] = {}
+        self.slow = SlowSamples(self.max_slow)
+        self.totals: dict[str, Any] = {}
+        self.capture: dict[str, Any] = {}
+        for state in self.slaves.values():
+            state.reports = []
+            state.missing = []
+            state.missing_count = 0
+            state.totals = {}
+
+    def add(self, report: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> str:
+        """Merge one slave report; returns "merged", "duplicate" or "rejected"."""
+        try:
+            node = str(report["node"])
+            seq = int(report["seq"])
+            entries = [TemplateStats.from_json(entry) for entry in report.get("templates", ())]
+            samples = [SlowQuery.from_json(sample) for sample in report.get("slow", ())]
+            end_ns = int(report["interval"]["end_ns"])
+        except (KeyError, TypeError, ValueError, SchemaError):
+            self.rejected += 1
+            return "rejected"
+        state = self.slaves.setdefault(node, _SlaveState())
+        if seq in state.seen or (state.seen and seq <= state.last_seq - self.seen_window):
+            self.duplicates += 1
+            return "duplicate"
+        if state.last_seq and seq > state.last_seq + 1:
+            gap = range(state.last_seq + 1, seq)
+            state.missing_count += len(gap)
+            room = MAX_MISSING_LISTED - len(state.missing)
+            state.missing.extend(list(gap)[: max(0, room)])
+        state.seen[seq] = None
+        while len(state.seen) > self.seen_window:
+            state.seen.popitem(last=False)
+        state.last_seq = max(state.last_seq, seq)
+        state.last_report_ns = end_ns
+        state.reports.append(seq)
+        if texts:
+            for entry in entries:
+                if not entry.template:
+                    entry.template = texts.get(entry.key, "")
+        merge_templates(self.templates, entries)
+        self.slow.merge(samples, int(report.get("slow_dropped", 0)))
+        merge_totals(self.totals, report.get("totals", {}))
+        merge_totals(state.totals, report.get("totals", {}))
+        add_capture(self.capture, {k: v for k, v in report.get("capture", {}).items() if k != "connections_active"})
+        self.merged += 1
+        return "merged"
+
+    def drain(
+        self,
+        *,
+        node: str,
+        role: str,
+        seq: int,
+        epoch: int,
+        start_ns: int,
+        end_ns: int,
+        expected: list[str],
+        states: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The cluster report of the interval that ends; ``expected`` lists the slaves that
+        should have reported (their state, if known, from ``states``)."""
+        slaves = []
+        for name in sorted(set(expected) | {n for n, s in self.slaves.items() if s.reports}):
+            state = self.slaves.get(name, _SlaveState())
+            slaves.append(
+                {
+                    "node": name,
+                    "state": (states or {}).get(name, "reporting" if state.reports else "silent"),
+                    "seqs": list(state.reports),
+                    "missing_seqs": list(state.missing),
+                    "missing_count": state.missing_count,
+                    "totals": dict(state.totals),
+                }
+            )
+        ordered = sorted(self.templates.values(), key=lambda t: (-t.latency_sum, t.key))
+        totals = dict(self.totals) or {"queries": 0, "commands": 0, "errors": 0, "coverage": 1.0}
+        for name in ("queries", "commands", "errors", "packets", "bytes", "gaps", "resyncs"):
+            totals.setdefault(name, 0)
+        for name in ("encrypted_conns", "unparsed_packets", "responses_lost", "incomplete"):
+            totals.setdefault(name, 0)
+        report = {
+            "schema": SCHEMA_VERSION,
+            "kind": "interval",
+            "node": node,
+            "role": role,
+            "seq": seq,
+            "epoch": epoch,
+            "interval": {"start_ns": start_ns, "end_ns": end_ns},
+            "totals": totals,
+            "capture": self.capture,
+            "templates": [t.to_json() for t in ordered],
+            "slow": [s.to_json() for s in self.slow.worst_first()],
+            "slow_dropped": self.slow.dropped,
+            "slaves": slaves,
+            "missing": [
+                {"node": s["node"], "seqs": s["missing_seqs"], "count": s["missing_count"]}
+                for s in slaves
+                if s["missing_count"] or s["state"] != "reporting"
+            ],
+            "duplicates_dropped": self.duplicates,
+        }
+        self._reset()
+        return report
+
+    def forget(self, node: str) -> None:
+        self.slaves.pop(node, None)

@@ -1,0 +1,180 @@
+"""Gossip membership through HashiCorp Serf, run as a managed child process.
+
+Owns the node's Serf agent: started with the node's tags (group, role, epoch, serving
+port, raft address), joined to the seed list (retrying until one answers), queried for the
+member list (``serf members -format=json``), updated when the role or epoch changes
+(``serf tags``), told to leave on a graceful stop, and restarted if it dies. Serf does the
+gossip and the failure detection (SWIM, ``lan`` profile: a kill -9'd member is marked
+failed in about 5 s); it elects nothing: see ``cluster.election``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mysqlprobe.cluster")
+SERF = shutil.which("serf") or "/usr/bin/serf"
+
+
+class SerfError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    host: str
+    gossip_port: int
+    status: str  # alive, failed, left, leaving
+    tags: dict[str, str]
+
+    @property
+    def role(self) -> str:
+        return self.tags.get("role", "?")
+
+    @property
+    def server_port(self) -> int | None:
+        port = self.tags.get("port")
+        return int(port) if port and port.isdigit() else None
+
+    @property
+    def http_address(self) -> str | None:
+        if self.server_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.server_port}"
+
+    @property
+    def epoch(self) -> int:
+        epoch = self.tags.get("epoch", "0")
+        return int(epoch) if epoch.lstrip("-").isdigit() else 0
+
+
+def parse_members(text: str) -> list[Member]:
+    data = json.loads(text)
+    members = []
+    for entry in data.get("members", []):
+        addr = str(entry.get("addr", ""))
+        host, _, port = addr.rpartition(":")
+        members.append(
+            Member(
+                name=str(entry.get("name", "")),
+                host=host.strip("[]"),
+                gossip_port=int(port) if port.isdigit() else int(entry.get("port", 0)),
+                status=str(entry.get("status", "")),
+                tags={str(k): str(v) for k, v in dict(entry.get("tags", {})).items()},
+            )
+        )
+    return members
+
+
+class SerfAgent:
+    def __init__(
+        self,
+        *,
+        node: str,
+        bind: str,
+        port: int,
+        rpc_port: int,
+        seeds: list[str],
+        tags: dict[str, str],
+        state_dir: Path,
+        profile: str = "lan",
+    ) -> None:
+        self.node = node
+        self.bind = bind
+        self.port = port
+        self.rpc = f"127.0.0.1:{rpc_port}"
+        self.seeds = seeds
+        self.tags = dict(tags)
+        self.state_dir = state_dir
+        self.profile = profile
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def _bind_address(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            SERF,
+            "agent",
+            f"-node={self.node}",
+            f"-bind={self._bind_address()}",
+            f"-rpc-addr={self.rpc}",
+            f"-profile={self.profile}",
+            f"-snapshot={self.state_dir / 'serf.snapshot'}",
+            "-rejoin",
+            "-retry-interval=2s",
+            "-log-level=warn",
+        ]
+        for key, value in self.tags.items():
+            argv.append(f"-tag={key}={value}")
+        for seed in self.seeds:
+            argv.append(f"-retry-join={seed}")
+        log_file = open(self.state_dir / "serf.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            raise SerfError(f"cannot start serf ({SERF}): {exc.strerror or exc}") from None
+        finally:
+            log_file.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure_running(self) -> bool:
+        """Restart the agent if it died; returns whether it had to."""
+        if self.alive():
+            return False
+        log.warning("serf agent exited (%s); restarting", self.proc.returncode if self.proc else None)
+        self.restarts += 1
+        self.start()
+        return True
+
+    def _cli(self, *args: str, timeout: float = 5.0) -> str:
+        try:
+            result = subprocess.run(
+                [SERF, *args, f"-rpc-addr={self.rpc}"], capture_output=True, text=True, timeout=timeout
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SerfError(f"serf {args[0]}: {exc}") from None
+        if result.returncode != 0:
+            raise SerfError(f"serf {args[0]}: {(result.stderr or result.stdout).strip()}")
+        return result.stdout
+
+    def members(self) -> list[Member]:
+        return parse_members(self._cli("members", "-format=json"))
+
+    def set_tags(self, **tags: str) -> None:
+        changed = {k: v for k, v in tags.items() if self.tags.get(k) != v}
+        if not changed:
+            return
+        self.tags.update(changed)
+        self._cli("tags", *[f"-set={k}={v}" for k, v in changed.items()])
+
+    def join(self, address: str) -> None:
+        self._cli("join", address, timeout=10.0)
+
+    def leave(self) -> None:
+        self._cli("leave", timeout=15.0)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def status(self) -> dict[str, Any]:
+        return {"node": self.node, "alive": self.alive(), "restarts": self.restarts, "rpc": self.rpc}

@@ -1,0 +1,90 @@
+"""Static cluster membership: the slave list a master keeps, managed over HTTP.
+
+Owns the list of slave addresses of a master in static mode (``cluster.gossip: false``),
+their validation (``HOST:PORT``, ``[IPv6]:PORT``, host names) and its persistence: every
+change is written atomically (``message.persist``) next to the configuration, so a restart
+keeps the list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from message.persist import read_state, write_state
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+KIND = "cluster-members"
+
+
+class AddressError(ValueError):
+    """An address that is not HOST:PORT."""
+
+
+def normalize_address(text: str) -> str:
+    """``HOST:PORT`` in canonical form: IPv6 in brackets, IPv4 dotted, host names lower-case."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise AddressError(f"{text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise AddressError(f"{text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise AddressError(f"{text!r}: expected HOST:PORT")
+        if ":" in host:
+            raise AddressError(f"{text!r}: an IPv6 address goes in brackets, [addr]:port")
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            if not _HOSTNAME.fullmatch(host):
+                raise AddressError(f"{text!r}: {host!r} is not an address or host name") from None
+            host = host.lower()
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise AddressError(f"{text!r}: the port must be 1-65535")
+    return f"[{host}]:{int(port_text)}" if ":" in host else f"{host}:{int(port_text)}"
+
+
+class StaticMembers:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        payload = read_state(path, KIND)
+        self.slaves: list[str] = list(payload["slaves"]) if payload else []
+        self.left = bool(payload.get("left", False)) if payload else False
+
+    def _save(self) -> None:
+        write_state(self.path, KIND, {"slaves": self.slaves, "left": self.left})
+
+    def join(self, addr: str) -> tuple[str, bool]:
+        """Add a slave; returns (canonical address, whether it was new)."""
+        canonical = normalize_address(addr)
+        self.left = False
+        if canonical in self.slaves:
+            self._save()
+            return canonical, False
+        self.slaves.append(canonical)
+        self._save()
+        return canonical, True
+
+    def remove(self, addr: str) -> tuple[str, bool]:
+        canonical = normalize_address(addr)
+        if canonical not in self.slaves:
+            return canonical, False
+        self.slaves.remove(canonical)
+        self._save()
+        return canonical, True
+
+    def leave(self) -> list[str]:
+        """This node leaves its cluster: it forgets its slaves (persisted)."""
+        gone = list(self.slaves)
+        self.slaves = []
+        self.left = True
+        self._save()
+        return gone

@@ -1,0 +1,189 @@
+"""The master's subscriptions to its slaves' /collector (websockets client).
+
+Owns one dialling task per slave: connect, introduce itself with a hello carrying the
+master's epoch (the fencing token slaves check), receive reports and hand them on, keep the
+template texts that come with them (and ask for any that are missing), and redial with
+exponential backoff when a connection fails or was never made. A slave that refuses the
+hello (stale epoch) is reported as such; the master steps down when that happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from message import CodecError, decode
+
+log = logging.getLogger("mysqlprobe.cluster")
+
+#: Close code a slave uses for a master with an old epoch (mysqlprobe.server).
+CLOSE_STALE_EPOCH = 4409
+DEFAULT_TEXT_CACHE = 200_000
+
+
+def collector_url(addr: str) -> str:
+    return f"ws://{addr}/collector"
+
+
+@dataclass
+class Link:
+    addr: str
+    state: str = "connecting"  # connecting, connected, down, refused
+    connected_at: float | None = None
+    last_report_at: float | None = None
+    node: str | None = None  # the slave's node name, from its reports
+    reports: int = 0
+    dials: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    ws: Any = field(default=None, repr=False)
+
+
+class Subscriptions:
+    def __init__(
+        self,
+        on_report: Callable[[Link, dict[str, Any], dict[str, str]], Awaitable[None] | None],
+        hello: Callable[[], dict[str, Any]],
+        *,
+        reconnect_max_s: float = 5.0,
+        ping_s: float = 30.0,
+        max_size: int = 64 << 20,
+        on_refused: Callable[[Link, int], None] | None = None,
+    ) -> None:
+        self.on_report = on_report
+        self.hello = hello
+        self.reconnect_max_s = reconnect_max_s
+        self.ping_s = ping_s
+        self.max_size = max_size
+        self.on_refused = on_refused
+        self.links: dict[str, Link] = {}
+        self.texts: OrderedDict[str, str] = OrderedDict()
+
+    def set_targets(self, addrs: set[str]) -> None:
+        for addr in set(self.links) - addrs:
+            self.remove(addr)
+        for addr in addrs - set(self.links):
+            link = self.links[addr] = Link(addr)
+            link.task = asyncio.ensure_future(self._run(link))
+
+    def remove(self, addr: str) -> None:
+        link = self.links.pop(addr, None)
+        if link is not None and link.task is not None:
+            link.task.cancel()
+
+    async def close(self) -> None:
+        tasks = [link.task for link in self.links.values() if link.task is not None]
+        self.links.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def announce(self) -> None:
+        """Send the hello again on every connection (the epoch changed)."""
+        for link in list(self.links.values()):
+            if link.ws is not None:
+                with contextlib.suppress(Exception):
+                    await link.ws.send(json.dumps({"hello": self.hello()}))
+
+    def _remember(self, texts: dict[str, str]) -> None:
+        for key, text in texts.items():
+            self.texts[key] = text
+            self.texts.move_to_end(key)
+        while len(self.texts) > DEFAULT_TEXT_CACHE:
+            self.texts.popitem(last=False)
+
+    async def _run(self, link: Link) -> None:
+        backoff = 0.2
+        while True:
+            link.dials += 1
+            try:
+                async with websockets.connect(
+                    collector_url(link.addr),
+                    open_timeout=5,
+                    ping_interval=self.ping_s,
+                    ping_timeout=self.ping_s,
+                    max_size=self.max_size,
+                    close_timeout=2,
+                ) as ws:
+                    link.ws = ws
+                    link.state = "connected"
+                    link.connected_at = time.time()
+                    backoff = 0.2
+                    await ws.send(json.dumps({"hello": self.hello()}))
+                    await self._receive(link, ws)
+            except asyncio.CancelledError:
+                raise
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                if code == CLOSE_STALE_EPOCH:
+                    link.state = "refused"
+                    link.last_error = "refused: stale epoch"
+                    if self.on_refused is not None:
+                        self.on_refused(link, code)
+                else:
+                    link.state = "down"
+                    link.last_error = f"closed ({code})"
+                link.failures += 1
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError, CodecError, ValueError) as exc:
+                link.state = "down"
+                link.failures += 1
+                link.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                link.ws = None
+            await asyncio.sleep(backoff)
+            backoff = min(self.reconnect_max_s, backoff * 2)
+
+    async def _receive(self, link: Link, ws: Any) -> None:
+        async for message in ws:
+            if isinstance(message, str):
+                data = json.loads(message)
+                if "error" in data and data.get("error") == "stale epoch":
+                    link.last_error = f"refused: stale epoch (slave has seen {data.get('epoch')})"
+                continue
+            data = decode(message, self.max_size)
+            if data.get("kind") == "templates":
+                self._remember({str(k): str(v) for k, v in dict(data.get("templates", {})).items()})
+                continue
+            if data.get("kind") != "interval":
+                continue
+            texts = {t["key"]: t["template"] for t in data.get("templates", ()) if t.get("template")}
+            self._remember(texts)
+            missing = [
+                t["key"] for t in data.get("templates", ()) if not t.get("template") and t["key"] not in self.texts
+            ]
+            if missing:
+                await ws.send(json.dumps({"templates": missing}))
+            link.reports += 1
+            link.last_report_at = time.time()
+            link.node = str(data.get("node", link.node))
+            result = self.on_report(link, data, self.texts)
+            if asyncio.iscoroutine(result):
+                await result
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "addr": link.addr,
+                "node": link.node,
+                "state": link.state,
+                "reports": link.reports,
+                "dials": link.dials,
+                "failures": link.failures,
+                "last_report_at": link.last_report_at,
+                "last_error": link.last_error,
+            }
+            for link in self.links.values()
+        ]

@@ -1,0 +1,99 @@
+"""The master's merge, sans-I/O: exactly once, nothing overwritten, absence visible."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.merge import ReportMerger
+from message.report import TemplateStats
+
+
+def slave_report(
+    node: str, seq: int, entries: list[tuple[str, int, list[int]]], *, texts: bool = True
+) -> dict[str, Any]:
+    templates = []
+    for key, errors, latencies in entries:
+        stats = TemplateStats("10.0.0.1:3306", "shop", key, f"SELECT {key}")
+        for latency in latencies:
+            stats.count += 1
+            stats.commands["Query"] = stats.commands.get("Query", 0) + 1
+            stats.latency_sum += latency
+            stats.latency_min = min(stats.latency_min or latency, latency)
+            stats.latency_max = max(stats.latency_max, latency)
+            stats.sketch.add(latency)
+        if errors:
+            stats.errors["1146"] = errors
+        entry = stats.to_json(with_template=texts)
+        templates.append(entry)
+    count = sum(len(lat) for _, _, lat in entries)
+    return {
+        "schema": 1,
+        "kind": "interval",
+        "node": node,
+        "role": "slave",
+        "seq": seq,
+        "interval": {"start_ns": seq * 10, "end_ns": seq * 10 + 10},
+        "totals": {"queries": count, "commands": count, "errors": sum(e for _, e, _ in entries), "incomplete": 0},
+        "capture": {"packets": 2 * count},
+        "templates": templates,
+        "slow": [],
+    }
+
+
+def drain(merger: ReportMerger, expected: list[str] | None = None) -> dict[str, Any]:
+    return merger.drain(
+        node="m", role="master", seq=1, epoch=3, start_ns=0, end_ns=100, expected=expected or ["s1", "s2"]
+    )
+
+
+def test_counts_add_across_slaves_and_duplicates_are_dropped() -> None:
+    merger = ReportMerger()
+    a = slave_report("s1", 1, [("0000000000000001", 1, [10, 20])])
+    b = slave_report("s2", 7, [("0000000000000001", 0, [5, 500]), ("0000000000000002", 0, [3])])
+    assert merger.add(a) == "merged"
+    assert merger.add(b) == "merged"
+    assert merger.add(a) == "duplicate"  # resent after a reconnect: merged once
+    report = drain(merger)
+    entry = next(t for t in report["templates"] if t["key"] == "0000000000000001")
+    assert entry["count"] == 4 and entry["errors"] == {"1146": 1}
+    assert (entry["latency_us"]["min"], entry["latency_us"]["max"], entry["latency_us"]["sum"]) == (5, 500, 535)
+    assert report["totals"]["queries"] == 5 and report["capture"]["packets"] == 10
+    assert report["duplicates_dropped"] == 1 and report["epoch"] == 3
+    assert [s["node"] for s in report["slaves"]] == ["s1", "s2"]
+    assert report["missing"] == []
+
+
+def test_gaps_in_a_slaves_sequence_are_marked_missing() -> None:
+    merger = ReportMerger()
+    merger.add(slave_report("s1", 1, [("0000000000000001", 0, [1])]))
+    drain(merger)
+    merger.add(slave_report("s1", 4, [("0000000000000001", 0, [1])]))
+    report = drain(merger, expected=["s1", "s2"])
+    missing = {m["node"]: m for m in report["missing"]}
+    assert missing["s1"]["seqs"] == [2, 3] and missing["s1"]["count"] == 2
+    assert "s2" in missing  # expected, but sent nothing
+    assert next(s for s in report["slaves"] if s["node"] == "s2")["state"] == "silent"
+
+
+def test_old_duplicates_after_the_interval_are_still_dropped() -> None:
+    merger = ReportMerger()
+    first = slave_report("s1", 1, [("0000000000000001", 0, [1])])
+    merger.add(first)
+    drain(merger)
+    assert merger.add(first) == "duplicate"
+    assert drain(merger)["templates"] == []
+
+
+def test_missing_template_texts_come_from_the_cache() -> None:
+    merger = ReportMerger()
+    merger.add(slave_report("s1", 1, [("0000000000000009", 0, [1])], texts=False), {"0000000000000009": "SELECT 9"})
+    assert drain(merger)["templates"][0]["template"] == "SELECT 9"
+
+
+def test_malformed_reports_are_rejected_not_merged() -> None:
+    merger = ReportMerger()
+    assert merger.add({"node": "s1"}) == "rejected"
+    bad = slave_report("s1", 1, [("0000000000000001", 0, [1])])
+    bad["templates"][0]["latency_us"]["sketch"] = {"alpha": 0.5}
+    assert merger.add(bad) == "rejected"
+    assert merger.rejected == 2 and drain(merger)["templates"] == []

@@ -1,0 +1,60 @@
+"""State files: atomic, checksummed, versioned."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from message.persist import StateError, read_state, write_state
+
+
+def test_round_trip_and_absent(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "state.json"
+    assert read_state(path, "thing") is None
+    write_state(path, "thing", {"a": [1, 2], "b": "é"})
+    assert read_state(path, "thing") == {"a": [1, 2], "b": "é"}
+    assert [p.name for p in path.parent.iterdir()] == ["state.json"]  # no temp files left
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: d.update(payload={"a": 2}), "checksum"),
+        (lambda d: d.update(schema=99), "schema 99"),
+        (lambda d: d.update(kind="other"), "not a thing state file"),
+    ],
+)
+def test_damage_is_detected(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "state.json"
+    write_state(path, "thing", {"a": 1})
+    document = json.loads(path.read_text())
+    damage(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(StateError, match=message):
+        read_state(path, "thing")
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    write_state(path, "thing", {"a": 1})
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(StateError, match="not JSON"):
+        read_state(path, "thing")
+
+
+def test_a_failed_write_leaves_the_old_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.json"
+    write_state(path, "thing", {"v": 1})
+
+    def broken(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError):
+        write_state(path, "thing", {"v": 2})
+    monkeypatch.undo()
+    assert read_state(path, "thing") == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
