@@ -1,0 +1,184 @@
+"""Gossip mode with real processes: master, standby and two slaves on loopback; the master
+killed (kill -9) and stalled (SIGSTOP) while a workload runs against real MariaDB servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.test_static_real import counts_by_server
+from tests.support import workload
+from tests.support.mariadb import MariaDB, free_port
+from tests.support.nodes import Collector, Node
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.live]
+if os.geteuid() != 0:  # pragma: no cover
+    pytestmark.append(pytest.mark.skip(reason="live capture on lo needs root"))
+
+
+@dataclass
+class Cluster:
+    nodes: dict[str, Node]
+    servers: list[MariaDB]
+
+    def alive(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.proc is not None and n.proc.poll() is None]
+
+    def leader(self, ask: str | None = None) -> tuple[str, int] | None:
+        """The leading master as any live node (or ``ask``) sees it."""
+        candidates = [self.nodes[ask]] if ask else self.alive()
+        for node in candidates:
+            try:
+                entries = node.get("/cluster/listnodes", timeout=3)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.get("leader"):
+                    return entry["name"], int(entry["epoch"])
+        return None
+
+    def wait_leader(
+        self, not_name: str | None = None, timeout: float = 30.0, ask: str | None = None
+    ) -> tuple[str, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader(ask)
+            if leader is not None and leader[0] != not_name:
+                return leader
+            time.sleep(0.1)
+        raise AssertionError(f"no leader other than {not_name} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    directory = tmp_path_factory.mktemp("gossip")
+    servers = [MariaDB(), MariaDB()]
+    for server in servers:
+        server.start()
+        workload.prepare_schema(server)
+    names = ["m1", "m2", "s1", "s2"]
+    ports = {n: {"serf": free_port(), "rpc": free_port(), "raft": free_port()} for n in names}
+    voters = [f"127.0.0.1:{ports[n]['raft']}" for n in ("m1", "m2", "s1")]
+    seeds = [f"127.0.0.1:{ports['m1']['serf']}", f"127.0.0.1:{ports['m2']['serf']}"]
+    nodes: dict[str, Node] = {}
+    for name in names:
+        config: dict[str, Any] = {
+            "interval": 1,
+            "slave": name.startswith("s"),
+            "cluster": {
+                "gossip": True,
+                "port": ports[name]["serf"],
+                "rpcport": ports[name]["rpc"],
+                "raftport": ports[name]["raft"],
+                "voters": voters,
+                "seeds": seeds,
+                "lockttlms": 3000,
+            },
+        }
+        if name.startswith("s"):
+            server = servers[int(name[1]) - 1]
+            config["probe"] = {"device": "lo", "port": server.port, "workers": 1}
+        nodes[name] = Node(directory, config, name)
+    for node in nodes.values():
+        node.start()
+    try:
+        yield Cluster(nodes, servers)
+    finally:
+        for node in nodes.values():
+            if node.proc is not None and node.proc.poll() is None and node.proc.returncode is None:
+                try:
+                    os.kill(node.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            node.stop()
+        for server in servers:
+            server.destroy()
+
+
+def merged_after(cluster: Cluster, leader: str) -> dict[str, dict[str, list[int]]]:
+    """Run a workload on both servers and return what the leader merged of it."""
+    accounts = [workload.Accounting(server) for server in cluster.servers]
+    collector = Collector(f"ws://127.0.0.1:{cluster.nodes[leader].port}/collector")
+    try:
+        collector.wait_for(
+            lambda c: any(sum(s["state"] == "reporting" for s in r["slaves"]) == 2 for r in c.reports), timeout=30
+        )
+        for account in accounts:
+            account.reset()
+        seen = len(collector.reports)
+        for server in cluster.servers:
+            workload.text_workload(server, rounds=4)
+        time.sleep(2.5)
+        expected = {
+            f"127.0.0.1:{s.port}": a.expectations(schema=workload.DB)
+            for s, a in zip(cluster.servers, accounts, strict=True)
+        }
+        collector.wait_for(lambda c: len(c.reports) >= seen + 3)
+        assert expected == counts_by_server(collector.reports[seen:])
+        return expected
+    finally:
+        collector.close()
+        for account in accounts:
+            account.close()
+
+
+def test_failover_restart_and_stall(cluster: Cluster) -> None:
+    first, epoch = cluster.wait_leader(timeout=60)
+    assert first in ("m1", "m2")
+    roles = {e["name"]: e["role"] for e in cluster.nodes["s2"].get("/cluster/listnodes")}
+    assert roles == {"m1": roles["m1"], "m2": roles["m2"], "s1": "slave", "s2": "slave"}
+    assert sorted([roles["m1"], roles["m2"]]) == ["master", "standby"]
+    merged_after(cluster, first)
+
+    # kill -9 the master: the standby takes over with a higher epoch.
+    standby = "m2" if first == "m1" else "m1"
+    killed_at = time.monotonic()
+    cluster.nodes[first].proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    cluster.nodes[first].proc.wait()  # type: ignore[union-attr]
+    second, epoch2 = cluster.wait_leader(not_name=first, timeout=10, ask="s2")
+    failover_s = time.monotonic() - killed_at
+    print(f"failover after kill -9: {failover_s:.2f} s (epoch {epoch} -> {epoch2})")
+    assert second == standby and epoch2 > epoch and failover_s < 10
+    merged_after(cluster, second)  # counts after takeover equal performance_schema's
+
+    # The old master comes back as a standby.
+    cluster.nodes[first].start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = cluster.nodes[first].get("/status")
+        if status["role"] == "standby" and status["cluster"]["election"]["has_quorum"]:
+            break
+        time.sleep(0.3)
+    assert status["role"] == "standby"
+    assert cluster.wait_leader(timeout=5) == (second, epoch2)
+
+    # A partition: the master stalls (SIGSTOP) for 12 s, the standby takes over; when the
+    # stalled one resumes, its old epoch is refused and it steps down.
+    stalled = cluster.nodes[second]
+    os.kill(stalled.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    stopped_at = time.monotonic()
+    try:
+        third, epoch3 = cluster.wait_leader(not_name=second, timeout=10, ask="s1")
+        assert third == first and epoch3 > epoch2
+        time.sleep(max(0.0, 12 - (time.monotonic() - stopped_at)))  # stalled 12 s in all
+    finally:
+        os.kill(stalled.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if stalled.get("/status")["role"] == "standby":
+            break
+        time.sleep(0.2)
+    assert stalled.get("/status")["role"] == "standby"
+    for slave in ("s1", "s2"):
+        hub = cluster.nodes[slave].get("/status")["collector"]
+        assert hub["max_epoch"] == epoch3
+        assert all(m.endswith(f"@{epoch3}") for m in hub["masters"])
+    assert cluster.wait_leader(timeout=5) == (third, epoch3)
+    merged_after(cluster, third)
