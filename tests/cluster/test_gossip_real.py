@@ -3,12 +3,12 @@ killed (kill -9) and stalled (SIGSTOP) while a workload runs against real MariaD
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,10 +93,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         for node in nodes.values():
             if node.proc is not None and node.proc.poll() is None and node.proc.returncode is None:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(node.proc.pid, signal.SIGCONT)
-                except OSError:
-                    pass
             node.stop()
         for server in servers:
             server.destroy()
