@@ -61,6 +61,7 @@ class ReportMerger:
         self.slow = SlowSamples(self.max_slow)
         self.totals: dict[str, Any] = {}
         self.capture: dict[str, Any] = {}
+        self.heartbeat: dict[str, dict[str, Any]] = {}  # server -> the latest state reported
         for state in self.slaves.values():
             state.reports = []
             state.missing = []
@@ -102,6 +103,9 @@ class ReportMerger:
         merge_totals(self.totals, report.get("totals", {}))
         merge_totals(state.totals, report.get("totals", {}))
         add_capture(self.capture, {k: v for k, v in report.get("capture", {}).items() if k != "connections_active"})
+        for server, state in dict(report.get("heartbeat", {})).items():
+            if isinstance(state, dict):
+                self.heartbeat[str(server)] = {**state, "node": node}
         self.merged += 1
         return "merged"
 
@@ -158,6 +162,7 @@ class ReportMerger:
                 if s["missing_count"] or s["state"] != "reporting"
             ],
             "duplicates_dropped": self.duplicates,
+            "heartbeat": self.heartbeat,
         }
         self._reset()
         return report

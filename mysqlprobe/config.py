@@ -130,6 +130,47 @@ class WebsocketConfig:
     """Messages queued per subscriber; a subscriber that falls this far behind is dropped."""
 
 
+def _check_heartbeat_mode(value: str) -> str | None:
+    return None if value in ("off", "writer", "reader") else "one of off, writer, reader"
+
+
+def _check_heartbeat_interval(value: int) -> str | None:
+    return None if value >= 100 else "at least 100 (milliseconds)"
+
+
+@dataclass
+class HeartbeatConfig:
+    mode: str = field(default="off", metadata={"check": _check_heartbeat_mode})
+    """off; writer (next to the primary: upserts the heartbeat row); reader (next to a
+    replica: reports replication lag). Uses the watcher's credentials, host and port."""
+    intervalms: int = field(default=1000, metadata={"check": _check_heartbeat_interval})
+    """Milliseconds between heartbeats (writer) or reads (reader); 100 at least."""
+    database: str = "mysqlprobe"
+    """Database of the heartbeat table (created by the writer when missing)."""
+    table: str = "heartbeat"
+    """Name of the heartbeat table."""
+    id: int = field(default=1, metadata={"check": _check_positive})
+    """Row the writer writes and readers read: one per primary sharing the table."""
+
+
+@dataclass
+class TracesConfig:
+    ttls: int = field(default=86400, metadata={"check": _check_positive})
+    """Seconds a slow-query event is kept in the trace store."""
+    maxevents: int = field(default=100_000, metadata={"check": _check_positive})
+    """Events kept at most; the oldest go first."""
+    maxmb: int = field(default=64, metadata={"check": _check_positive})
+    """MiB of events (their JSON) kept at most; the oldest go first."""
+
+
+@dataclass
+class MetricsConfig:
+    retentions: int = field(default=3600, metadata={"check": _check_positive})
+    """Seconds of per-interval metrics kept for /api/metrics."""
+    maxsamples: int = field(default=100_000, metadata={"check": _check_positive})
+    """Samples kept at most; the oldest go first."""
+
+
 @dataclass
 class Config:
     slave: bool = True
@@ -156,6 +197,9 @@ class Config:
     pusher: PusherConfig = field(default_factory=PusherConfig)
     watcher: WatcherConfig = field(default_factory=WatcherConfig)
     websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def node_name(self) -> str:
@@ -266,6 +310,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         config.watcher.port = config.probe.port
     if not config.devices:
         raise ConfigError("probe.device: expected at least one device name")
+    if config.heartbeat.mode != "off" and not config.watcher.uname:
+        raise ConfigError("heartbeat.mode: needs watcher.uname (the heartbeat uses the watcher's credentials)")
     return config
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.merge import ReportMerger
+from cluster.metrics import Sample
 from cluster.subscriptions import Link, Subscriptions
 from mysqlprobe.config import Config
 from mysqlprobe.node import BaseNode
@@ -27,6 +28,7 @@ log = logging.getLogger("mysqlprobe.master")
 class MasterNode(BaseNode):
     role = "master"
     master_capable = True
+    stores_own_samples = False
 
     def __init__(self, config: Config, state: Path) -> None:
         super().__init__(config, state)
@@ -52,10 +54,18 @@ class MasterNode(BaseNode):
         outcome = self.merger.add(report, texts)
         self.clustering.last_reports[link.addr] = time.time()
         if outcome == "merged":
+            now = time.time_ns()
+            slave = str(report.get("node", link.addr))
+            samples = self.report_samples(report, slave, now)
+            samples.append(Sample(now, slave, "reports", 1.0, False))
             end_ns = int(report.get("interval", {}).get("end_ns", 0))
             if end_ns:
-                self.intake_latency_ms.append((time.time_ns() - end_ns) / 1e6)
+                latency = (now - end_ns) / 1e6
+                self.intake_latency_ms.append(latency)
                 del self.intake_latency_ms[:-1000]
+                samples.append(Sample(now, slave, "report_intake_ms", latency, False))
+            self.metrics.record(samples, now)
+            self.traces.add(report.get("slow", ()), now)
 
     def _refused(self, link: Link, code: int) -> None:
         log.warning("slave %s refused epoch %d: a newer master leads; stepping down", link.addr, self.clustering.epoch)

@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.metrics import MetricsStore, Sample
+from cluster.traces import TraceStore
 from message.persist import StateError, read_state, write_state
 from message.report import (
     SCHEMA_VERSION,
@@ -32,6 +34,7 @@ from message.report import (
     report_totals,
 )
 from mysqlprobe import __version__
+from mysqlprobe.api import StoresAPI
 from mysqlprobe.clustering import Clustering
 from mysqlprobe.config import Config, ConfigError, load_config, state_dir
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
@@ -40,6 +43,7 @@ from probe.engine import EngineConfig
 from probe.flows import FlowLimits
 from pusher.client import Pusher
 from watcher import ProcesslistWatcher, Session
+from watcher.heartbeat import HeartbeatLoop, HeartbeatReader, HeartbeatWriter
 
 log = logging.getLogger("mysqlprobe")
 
@@ -109,6 +113,13 @@ class BaseNode:
                 preconnect=config.pusher.preconnect,
                 reconnect_max_s=config.websocket.reconnectperiods,
             )
+        self.traces = TraceStore(
+            ttl_ns=config.traces.ttls * 10**9, max_events=config.traces.maxevents, max_bytes=config.traces.maxmb << 20
+        )
+        self.metrics = MetricsStore(
+            retention_ns=config.metrics.retentions * 10**9, max_samples=config.metrics.maxsamples
+        )
+        self.api = StoresAPI(self.traces, self.metrics, lambda: self.config.token)
         saved = read_state(state / "seq.json", "report-seq")
         self.seq = int(saved["seq"]) if saved and saved.get("node") == self.name else 0
         self.last_report_at: float | None = None
@@ -124,11 +135,43 @@ class BaseNode:
         write_state(self.state / "seq.json", "report-seq", {"node": self.name, "seq": self.seq})
         return self.seq
 
+    #: Whether this node's own reports carry the slow samples it stores (a master stores
+    #: every slave's samples as they arrive instead).
+    stores_own_samples = True
+
     def publish(self, report: dict[str, Any]) -> None:
+        now = time.time_ns()
         self.hub.publish(report)
         if self.pusher is not None:
             self.pusher.push(report)
         self.last_report_at = time.time()
+        if self.stores_own_samples:
+            self.traces.add(report.get("slow", ()), now)
+        self.metrics.record(self.report_samples(report, self.name, now), now)
+
+    def report_samples(self, report: dict[str, Any], node: str, ts: int) -> list[Sample]:
+        """The per-interval metrics of a report (this node's, or a slave's on a master)."""
+        totals = report.get("totals", {})
+        capture = report.get("capture", {})
+        samples = [
+            Sample(ts, node, "queries", float(totals.get("queries", 0)), False),
+            Sample(ts, node, "errors", float(totals.get("errors", 0)), False),
+            Sample(ts, node, "coverage", float(totals.get("coverage", 1.0)), False),
+            Sample(ts, node, "packets", float(capture.get("packets", 0)), False),
+            Sample(
+                ts, node, "dropped_kernel", float(capture.get("dropped_kernel", 0)), bool(capture.get("dropped_kernel"))
+            ),
+        ]
+        if node == self.name:
+            if self.pusher is not None:
+                samples.append(Sample(ts, node, "push_queue_depth", float(len(self.pusher.unacked)), False))
+            samples.append(Sample(ts, node, "subscribers", float(len(self.hub.subscribers)), False))
+        for server, lag in dict(report.get("heartbeat", {})).items():
+            value = lag.get("lag_ms")
+            samples.append(
+                Sample(ts, f"{node}/{server}" if node else server, "heartbeat_lag_ms", value, bool(lag.get("error")))
+            )
+        return samples
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_as_json])
@@ -136,6 +179,7 @@ class BaseNode:
         app.router.add_get("/status", self.status)
         app.router.add_route("*", "/config/update", self.config_update)
         self.clustering.routes(app)
+        self.api.routes(app)
         return app
 
     async def run(self) -> None:
@@ -202,6 +246,8 @@ class BaseNode:
             "collector": self.hub.status(),
             "cluster": self.clustering.status(),
             "pusher": self.pusher.status() if self.pusher is not None else None,
+            "traces": self.traces.status(),
+            "metrics": self.metrics.status(),
         }
 
     async def status(self, request: web.Request) -> web.Response:
@@ -279,6 +325,34 @@ class SlaveNode(BaseNode):
                 refresh_s=config.watcher.refreshs,
                 on_refresh=self._sessions,
             )
+        self.heartbeat: HeartbeatLoop | None = None
+        hb = config.heartbeat
+        if hb.mode != "off":
+            worker: HeartbeatWriter | HeartbeatReader
+            if hb.mode == "writer":
+                worker = HeartbeatWriter(
+                    config.watcher.host,
+                    config.watcher.port,
+                    config.watcher.uname,
+                    config.watcher.password,
+                    node=self.name,
+                    epoch=lambda: max(0, self.hub.max_epoch),
+                    row_id=hb.id,
+                    database=hb.database,
+                    table=hb.table,
+                )
+            else:
+                worker = HeartbeatReader(
+                    config.watcher.host,
+                    config.watcher.port,
+                    config.watcher.uname,
+                    config.watcher.password,
+                    row_id=hb.id,
+                    database=hb.database,
+                    table=hb.table,
+                    interval_s=hb.intervalms / 1000,
+                )
+            self.heartbeat = HeartbeatLoop(worker, hb.intervalms / 1000)
         self.capture_totals: dict[str, Any] = {}
         self.trace_seq = 0
         self._pool_lock = asyncio.Lock()
@@ -292,11 +366,15 @@ class SlaveNode(BaseNode):
         await asyncio.to_thread(self.pool.start)
         if self.watcher is not None:
             self.watcher.start()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         self._tasks.append(asyncio.ensure_future(self._health()))
 
     async def stop(self) -> None:
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.stop)
+        if self.heartbeat is not None:
+            await asyncio.to_thread(self.heartbeat.stop)
         await asyncio.to_thread(self.pool.stop)
 
     async def main(self) -> None:
@@ -364,7 +442,14 @@ class SlaveNode(BaseNode):
             "templates": [t.to_json() for t in ordered],
             "slow": samples,
             "slow_dropped": slow.dropped,
+            "heartbeat": self._heartbeat(),
         }
+
+    def _heartbeat(self) -> dict[str, Any]:
+        if self.heartbeat is None:
+            return {}
+        state = self.heartbeat.state()
+        return {state["server"]: state}
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -380,6 +465,7 @@ class SlaveNode(BaseNode):
                 "workers": self.pool.status(),
                 "workers_restarted": self.pool.restarts,
                 "watcher": self.watcher.status() if self.watcher is not None else None,
+                "heartbeat": self._heartbeat(),
             }
         )
         return body
