@@ -44,6 +44,8 @@ class _SlaveState:
     missing_count: int = 0
     totals: dict[str, Any] = field(default_factory=dict)
     last_report_ns: int = 0
+    merged: int = 0  # reports merged, ever
+    gap_ns: int = 0  # capture gaps the slave reported (its restarts), ever
 
 
 class ReportMerger:
@@ -54,6 +56,11 @@ class ReportMerger:
         self.duplicates = 0
         self.merged = 0
         self.rejected = 0
+        # Everything merged since ``since_ns`` (checkpointed with the rest): the totals that
+        # must equal the servers' own accounting, whatever restarts happened in between.
+        self.cumulative: dict[tuple[str, str, str], TemplateStats] = {}
+        self.cumulative_totals: dict[str, Any] = {}
+        self.since_ns = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -94,11 +101,17 @@ class ReportMerger:
         state.last_seq = max(state.last_seq, seq)
         state.last_report_ns = end_ns
         state.reports.append(seq)
+        state.merged += 1
+        state.gap_ns += int(report.get("capture", {}).get("capture_gap_ns", 0))
         if texts:
             for entry in entries:
                 if not entry.template:
                     entry.template = texts.get(entry.key, "")
         merge_templates(self.templates, entries)
+        merge_templates(self.cumulative, entries)
+        merge_totals(self.cumulative_totals, report.get("totals", {}))
+        if not self.since_ns:
+            self.since_ns = int(report["interval"].get("start_ns", end_ns))
         self.slow.merge(samples, int(report.get("slow_dropped", 0)))
         merge_totals(self.totals, report.get("totals", {}))
         merge_totals(state.totals, report.get("totals", {}))
@@ -169,3 +182,89 @@ class ReportMerger:
 
     def forget(self, node: str) -> None:
         self.slaves.pop(node, None)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: the interval so far, the cumulative totals
+        and, per slave, the sequence numbers already merged."""
+
+        def templates(stats: dict[tuple[str, str, str], TemplateStats]) -> list[dict[str, Any]]:
+            return [t.to_json(quantiles=False) for t in stats.values()]
+
+        return {
+            "interval": {
+                "templates": templates(self.templates),
+                "slow": [s.to_json() for s in self.slow.worst_first()],
+                "slow_dropped": self.slow.dropped,
+                "totals": self.totals,
+                "capture": self.capture,
+                "heartbeat": self.heartbeat,
+            },
+            "cumulative": {
+                "templates": templates(self.cumulative),
+                "totals": self.cumulative_totals,
+                "since_ns": self.since_ns,
+            },
+            "slaves": {
+                name: {
+                    "last_seq": state.last_seq,
+                    "seen": list(state.seen),
+                    "reports": state.reports,
+                    "missing": state.missing,
+                    "missing_count": state.missing_count,
+                    "totals": state.totals,
+                    "last_report_ns": state.last_report_ns,
+                    "merged": state.merged,
+                    "gap_ns": state.gap_ns,
+                }
+                for name, state in self.slaves.items()
+            },
+            "counters": {"duplicates": self.duplicates, "merged": self.merged, "rejected": self.rejected},
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        interval = snapshot["interval"]
+        self.templates = {}
+        merge_templates(self.templates, [TemplateStats.from_json(t) for t in interval["templates"]])
+        self.slow = SlowSamples(self.max_slow)
+        self.slow.merge([SlowQuery.from_json(s) for s in interval["slow"]], int(interval["slow_dropped"]))
+        self.totals = dict(interval["totals"])
+        self.capture = dict(interval["capture"])
+        self.heartbeat = dict(interval.get("heartbeat", {}))
+        cumulative = snapshot["cumulative"]
+        self.cumulative = {}
+        merge_templates(self.cumulative, [TemplateStats.from_json(t) for t in cumulative["templates"]])
+        self.cumulative_totals = dict(cumulative["totals"])
+        self.since_ns = int(cumulative["since_ns"])
+        self.slaves = {}
+        for name, data in snapshot["slaves"].items():
+            state = _SlaveState(
+                last_seq=int(data["last_seq"]),
+                reports=list(data["reports"]),
+                missing=list(data["missing"]),
+                missing_count=int(data["missing_count"]),
+                totals=dict(data["totals"]),
+                last_report_ns=int(data["last_report_ns"]),
+                merged=int(data.get("merged", 0)),
+                gap_ns=int(data.get("gap_ns", 0)),
+            )
+            state.seen = OrderedDict((int(seq), None) for seq in data["seen"])
+            self.slaves[name] = state
+        counters = snapshot.get("counters", {})
+        self.duplicates = int(counters.get("duplicates", 0))
+        self.merged = int(counters.get("merged", 0))
+        self.rejected = int(counters.get("rejected", 0))
+
+    def cumulative_report(self) -> dict[str, Any]:
+        ordered = sorted(self.cumulative.values(), key=lambda t: (-t.latency_sum, t.key))
+        return {
+            "since_ns": self.since_ns,
+            "totals": self.cumulative_totals,
+            "templates": [t.to_json() for t in ordered],
+            "slaves": {
+                name: {"last_seq": s.last_seq, "merged": s.merged, "gap_ns": s.gap_ns}
+                for name, s in self.slaves.items()
+            },
+            "duplicates_dropped": self.duplicates,
+        }

@@ -98,6 +98,16 @@ class Subscriptions:
                 with contextlib.suppress(Exception):
                     await link.ws.send(json.dumps({"hello": self.hello()}))
 
+    async def ack(self, link: Link, node: str, seqs: list[int]) -> bool:
+        """Acknowledge reports of ``node`` on a live connection (after they are durable)."""
+        if link.ws is None:
+            return False
+        try:
+            await link.ws.send(json.dumps({"ack": {"node": node, "seqs": seqs}}))
+        except Exception:  # the connection is gone: the slave will send them again
+            return False
+        return True
+
     def _remember(self, texts: dict[str, str]) -> None:
         for key, text in texts.items():
             self.texts[key] = text

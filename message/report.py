@@ -118,8 +118,10 @@ class TemplateStats:
         if not self.template and other.template:
             self.template = other.template
 
-    def to_json(self, *, with_template: bool = True) -> dict[str, Any]:
-        p50, p95, p99, p999 = self.sketch.quantiles(QUANTILES)
+    def to_json(self, *, with_template: bool = True, quantiles: bool = True) -> dict[str, Any]:
+        """The wire form; ``quantiles=False`` skips computing p50..p999 (the sketch carries
+        them anyway), for checkpoints."""
+        p50, p95, p99, p999 = self.sketch.quantiles(QUANTILES) if quantiles else (None, None, None, None)
         out: dict[str, Any] = {
             "key": self.key,
             "server": self.server,

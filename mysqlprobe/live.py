@@ -57,6 +57,7 @@ class WorkerInterval:
     slow_dropped: int
     counters: dict[str, int]
     capture: dict[str, Any]
+    sessions: dict[str, tuple[str, str, int | None, dict[int, str]]] = field(default_factory=dict)
 
 
 def worker_main(index: int, settings: WorkerSettings, control: Connection) -> None:
@@ -107,6 +108,8 @@ def worker_main(index: int, settings: WorkerSettings, control: Connection) -> No
                 previous = _drain(index, engine, captures, previous, control, batches)
             elif kind == "sessions":
                 engine.learn_sessions(message[1])
+            elif kind == "restore":
+                engine.restore_sessions(message[1])
             elif kind == "slow_threshold_us":
                 engine.aggregator.slow_threshold_us = message[1]
             elif kind == "stop":
@@ -150,6 +153,7 @@ def _drain(
                 slow_dropped=interval.slow_dropped,
                 counters=interval.counters,
                 capture=delta,
+                sessions=engine.session_snapshot(),
             ),
         )
     )

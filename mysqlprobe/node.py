@@ -42,6 +42,7 @@ from mysqlprobe.server import CollectorHub, HTTPProblem, check_token, errors_as_
 from probe.engine import EngineConfig
 from probe.flows import FlowLimits
 from pusher.client import Pusher
+from pusher.spool import DiskSpool
 from watcher import ProcesslistWatcher, Session
 from watcher.heartbeat import HeartbeatLoop, HeartbeatReader, HeartbeatWriter
 
@@ -107,12 +108,16 @@ class BaseNode:
         self.clustering = Clustering(config, self.name, state, master_capable=self.master_capable)
         self.pusher: Pusher | None = None
         if config.pusher.servers:
+            spool = DiskSpool(state / "spool" / "push", self.name)
             self.pusher = Pusher(
                 config.pusher.servers,
                 path=config.pusher.path,
                 preconnect=config.pusher.preconnect,
                 reconnect_max_s=config.websocket.reconnectperiods,
+                spool=spool,
             )
+            for key, data in spool.items():  # unacknowledged before a restart: resend
+                self.pusher.restore(key, data, spooled=True)
         self.traces = TraceStore(
             ttl_ns=config.traces.ttls * 10**9, max_events=config.traces.maxevents, max_bytes=config.traces.maxmb << 20
         )
@@ -355,15 +360,30 @@ class SlaveNode(BaseNode):
             self.heartbeat = HeartbeatLoop(worker, hb.intervalms / 1000)
         self.capture_totals: dict[str, Any] = {}
         self.trace_seq = 0
+        # Resumable state: reports wait in the spool until a master acknowledges them; the
+        # checkpoint keeps the end of the last interval (to report a restart's downtime as a
+        # capture gap) and, per connection, what the wire will not say again.
+        self.hub.spool = DiskSpool(state / "spool" / "master", self.name)
+        checkpoint = read_state(state / "checkpoint.json", "slave-checkpoint") or {}
+        if checkpoint.get("node") not in (None, self.name):
+            checkpoint = {}
+        self.last_end_ns: int | None = checkpoint.get("last_end_ns")
+        self.pending_gap: dict[str, Any] | None = None
+        self.sessions: dict[str, Any] = {
+            endpoint: (s[0], s[1], s[2], {int(k): v for k, v in s[3].items()})
+            for endpoint, s in dict(checkpoint.get("sessions", {})).items()
+        }
         self._pool_lock = asyncio.Lock()
 
     # -- wiring ---------------------------------------------------------------------------
 
     def _sessions(self, sessions: dict[str, Session]) -> None:
-        self.pool.broadcast(("sessions", {k: (s.user, s.db, s.conn_id) for k, s in sessions.items()}))
+        self.pool.broadcast(("sessions", {k: (s.user, s.db, s.conn_id, s.prepared) for k, s in sessions.items()}))
 
     async def start(self) -> None:
         await asyncio.to_thread(self.pool.start)
+        if self.sessions:
+            self.pool.broadcast(("restore", self.sessions))
         if self.watcher is not None:
             self.watcher.start()
         if self.heartbeat is not None:
@@ -387,17 +407,41 @@ class SlaveNode(BaseNode):
                 restarted = await asyncio.to_thread(self.pool.check)
             if restarted:
                 log.warning("restarted %d capture worker(s)", restarted)
+                if self.sessions:
+                    self.pool.broadcast(("restore", self.sessions))
                 if self.watcher is not None and self.watcher.sessions:
                     self._sessions(self.watcher.sessions)
 
     async def _intervals(self) -> None:
         start = time.time_ns()
+        if self.last_end_ns is not None and self.last_end_ns < start:
+            # Down since the last report: that time is a capture gap, said in the next report.
+            self.pending_gap = {
+                "start_ns": self.last_end_ns,
+                "end_ns": start,
+                "reason": "probe restart",
+            }
+        else:
+            self.pending_gap = None
         while await self.wait_interval(start):
             end = time.time_ns()
             period_ns = self.settings.current["report_period_ms"] * 1_000_000
             async with self._pool_lock:
                 answers, missing = await asyncio.to_thread(self.pool.drain, max(2.0, period_ns / 2e9))
-            self.publish(self.build_report(start, end, answers, missing))
+            report = self.build_report(start, end, answers, missing)
+            for answer in answers:
+                self.sessions.update(answer.sessions)
+            live = set().union(*(a.sessions for a in answers)) if answers and not missing else None
+            if live is not None:
+                self.sessions = {k: v for k, v in self.sessions.items() if k in live}
+            self.publish(report)
+            self.last_end_ns = end
+            await asyncio.to_thread(
+                write_state,
+                self.state / "checkpoint.json",
+                "slave-checkpoint",
+                {"node": self.name, "last_end_ns": end, "sessions": self.sessions},
+            )
             changed = self.settings.apply_pending()
             if "slow_threshold_ms" in changed:
                 self.pool.broadcast(("slow_threshold_us", changed["slow_threshold_ms"] * 1000))
@@ -419,6 +463,11 @@ class SlaveNode(BaseNode):
             add_capture(capture, answer.capture)
         capture["workers_missing"] = len(missing)
         capture["workers_restarted"] = self.pool.restarts
+        gap = self.pending_gap
+        if gap is not None:
+            capture["capture_gap_ns"] = gap["end_ns"] - gap["start_ns"]
+            capture["capture_gaps"] = 1
+            self.pending_gap = None
         add_capture(self.capture_totals, {k: v for k, v in capture.items() if k != "workers_restarted"})
         seq = self.next_seq()
         samples = []
@@ -443,6 +492,7 @@ class SlaveNode(BaseNode):
             "slow": samples,
             "slow_dropped": slow.dropped,
             "heartbeat": self._heartbeat(),
+            **({"gap": gap} if gap is not None else {}),
         }
 
     def _heartbeat(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from message import encode
+from pusher.spool import DiskSpool
 
 log = logging.getLogger("mysqlprobe.server")
 
@@ -103,6 +104,12 @@ class CollectorHub:
         self.max_epoch = -1  # highest master epoch seen: the fencing token
         self.stale_masters_refused = 0
         self.on_epoch: Callable[[int], None] | None = None
+        # Reports a master has not acknowledged yet (durable; replayed when a master
+        # subscribes, removed on its acknowledgement). None: no delivery guarantee.
+        self.spool: DiskSpool | None = None
+        self.replayed = 0
+        self.acks = 0
+        self._replays: set[asyncio.Future[None]] = set()
 
     def remember_templates(self, texts: Mapping[str, str]) -> None:
         cache = self.templates
@@ -119,6 +126,8 @@ class CollectorHub:
         self.remember_templates(texts)
         self.published += 1
         self.last_report = report
+        if self.spool is not None and "seq" in report:
+            self.spool.append((str(report["node"]), int(report["seq"])), encode(report))
         bare = [{k: v for k, v in t.items() if k != "template"} for t in report.get("templates", ())]
         for sub in list(self.subscribers):
             entries = []
@@ -188,6 +197,9 @@ class CollectorHub:
         if isinstance(data, dict) and isinstance(data.get("hello"), dict):
             await self._hello(sub, data["hello"])
             return
+        if isinstance(data, dict) and isinstance(data.get("ack"), dict):
+            self._ack(sub, data["ack"])
+            return
         try:
             if not isinstance(data, dict):
                 raise TypeError
@@ -234,6 +246,36 @@ class CollectorHub:
                         other.ws.close(code=CLOSE_STALE_EPOCH, message=b"a newer master took over")
                     )
         await sub.ws.send_str(json.dumps({"welcome": {"epoch": self.max_epoch}}))
+        if self.spool is not None and len(self.spool):
+            self._replays = {task for task in self._replays if not task.done()}
+            self._replays.add(asyncio.ensure_future(self._replay(sub)))
+
+    async def _replay(self, sub: _Subscriber) -> None:
+        """Send a master every report it has not acknowledged, oldest first. Live reports
+        may overtake or repeat some of them: the master merges each (node, seq) once."""
+        assert self.spool is not None
+        for _, data in list(self.spool.items()):
+            if sub not in self.subscribers or sub.ws.closed:
+                return
+            try:
+                await asyncio.wait_for(sub.ws.send_bytes(data), self.write_timeout_s)
+            except (TimeoutError, ConnectionResetError, RuntimeError):
+                self._drop(sub, "replay timed out")
+                return
+            self.replayed += 1
+
+    def _ack(self, sub: _Subscriber, ack: Mapping[str, Any]) -> None:
+        """A master acknowledges reports it has merged durably: they leave the spool."""
+        if self.spool is None or sub.master is None or sub.epoch < self.max_epoch:
+            return
+        try:
+            node = str(ack["node"])
+            seqs = ack["seqs"] if "seqs" in ack else [ack["seq"]]
+            for seq in seqs:
+                self.spool.remove((node, int(seq)))
+                self.acks += 1
+        except (KeyError, TypeError, ValueError):
+            return
 
     def status(self) -> dict[str, Any]:
         return {
@@ -246,6 +288,9 @@ class CollectorHub:
             "reports_published": self.published,
             "messages_sent": self.messages_sent,
             "templates_cached": len(self.templates),
+            "spool": self.spool.status() if self.spool is not None else None,
+            "replayed": self.replayed,
+            "acks": self.acks,
         }
 
 

@@ -317,17 +317,41 @@ class Engine:
             name = "logins"
         counters[name] = counters.get(name, 0) + 1
 
-    def learn_sessions(self, sessions: dict[str, tuple[str, str, int | None]]) -> int:
-        """Client endpoint -> (user, db, connection id), from the server's process list:
-        fills in connections whose handshake was never seen. Returns how many it filled."""
-        self.sessions = sessions
-        self.flows.sessions = sessions
+    def learn_sessions(self, sessions: dict[str, tuple[Any, ...]]) -> int:
+        """Client endpoint -> (user, db, connection id[, {statement id: SQL}]) from the
+        server's process list (and prepared_statements_instances): fills in connections
+        whose handshake was never seen. Returns how many it filled."""
+        self.sessions = {k: (v[0], v[1], v[2]) for k, v in sessions.items()}
+        self.flows.sessions = self.sessions
         filled = 0
         for conn in self.flows.table.values():
             known = sessions.get(conn.client)
-            if known is not None and conn.conv.assume_session(*known):
+            if known is None or not conn.conv.midstream:
+                continue
+            if conn.conv.assume_session(known[0], known[1], known[2]):
                 filled += 1
+            for stmt_id, sql in (known[3] if len(known) > 3 else {}).items():
+                conn.conv.learn_prepared(int(stmt_id), sql)
         return filled
+
+    def restore_sessions(self, restored: dict[str, tuple[str, str, int | None, dict[int, str]]]) -> None:
+        """Sessions saved by a checkpoint before a restart (or read from the server):
+        applied to connections seen mid-stream, now and later."""
+        self.flows.restored = restored
+        for conn in self.flows.table.values():
+            if conn.conv.midstream:
+                self.flows.apply_known(conn.conv)
+
+    def session_snapshot(self, limit: int = 100_000) -> dict[str, tuple[str, str, int | None, dict[int, str]]]:
+        """Per live connection, what a restart must not forget (bounded: ``limit`` entries)."""
+        out: dict[str, tuple[str, str, int | None, dict[int, str]]] = {}
+        for conn in self.flows.table.values():
+            snapshot = conn.conv.session_snapshot()
+            if snapshot is not None:
+                out[conn.client] = snapshot
+                if len(out) >= limit:
+                    break
+        return out
 
     # -- output ---------------------------------------------------------------------------
 

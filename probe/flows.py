@@ -126,9 +126,11 @@ class FlowTable:
         self.tcp_segments = 0  # kept apart from ``counters``: it moves on every packet
         self.unparsed_closed = 0  # unparsed segments of connections already gone
         self.limit_hits_closed: dict[str, int] = {}  # conversation bounds hit by closed connections
-        # Client endpoint -> (user, db, connection id) from the server's process list, for
+        # Client endpoint -> (user, db, connection id) from the server's process list, and
+        # -> (user, db, connection id, {statement id: SQL}) from a checkpoint, for
         # connections whose handshake the probe never saw.
         self.sessions: dict[str, tuple[str, str, int | None]] = {}
+        self.restored: dict[str, tuple[str, str, int | None, dict[int, str]]] = {}
 
     # -- per segment --------------------------------------------------------------------------
 
@@ -208,9 +210,7 @@ class FlowTable:
         conv = Conversation(client, server, self.normalizer, from_start=from_start, limits=self.limits.conversation)
         conn = Connection(client, server, conv, ts)
         if not from_start:
-            known = self.sessions.get(client)
-            if known is not None:
-                conv.assume_session(*known)
+            self.apply_known(conv)
         self.table[key] = conn
         self.counters.connections_opened += 1
         if not from_start:
@@ -336,6 +336,18 @@ class FlowTable:
     def close_all(self, now_ns: int, reason: str) -> None:
         for key, conn in list(self.table.items()):
             self._close(now_ns, key, conn, reason)
+
+    def apply_known(self, conv: Conversation) -> None:
+        """Fill a connection seen mid-stream from what is known of it elsewhere."""
+        restored = self.restored.get(conv.client)
+        if restored is not None:
+            user, db, conn_id, prepared = restored
+            conv.assume_session(user, db, conn_id)
+            for stmt_id, sql in prepared.items():
+                conv.learn_prepared(int(stmt_id), sql)
+        known = self.sessions.get(conv.client)
+        if known is not None:
+            conv.assume_session(*known)
 
     def limit_hits(self) -> dict[str, int]:
         """How often each per-connection bound bit, over all connections seen."""

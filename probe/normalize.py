@@ -793,6 +793,12 @@ def split_statements(sql: str) -> list[str]:
     return pieces or [sql]
 
 
+def count_placeholders(sql: str) -> int:
+    """The ``?`` parameter markers of a prepared statement's text (not those in strings or
+    comments)."""
+    return sum(1 for match in _TOKEN.finditer(sql) if match.lastgroup == "ph")
+
+
 class Normalizer:
     """Caching SQL normalizer. Not thread-safe; one per worker.
 

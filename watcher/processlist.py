@@ -15,7 +15,7 @@ import ipaddress
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
@@ -26,6 +26,7 @@ class Session:
     user: str
     db: str
     conn_id: int | None
+    prepared: dict[int, str] = field(default_factory=dict)  # statement id -> SQL text
 
 
 def client_endpoint(host: str) -> str | None:
@@ -101,6 +102,7 @@ class ProcesslistWatcher:
         self.last_error: str | None = None
         self.last_refresh: float | None = None
         self._conn: Any = None
+        self._prepared_supported = True  # performance_schema.prepared_statements_instances
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -121,6 +123,7 @@ class ProcesslistWatcher:
                 cur.execute("SHOW PROCESSLIST")
                 columns = [d[0] for d in cur.description]
                 sessions = sessions_from_rows(columns, cur.fetchall())
+            sessions = self._with_prepared(sessions)
         except (pymysql.MySQLError, OSError, ValueError) as exc:
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -133,6 +136,35 @@ class ProcesslistWatcher:
         if self.on_refresh is not None:
             self.on_refresh(sessions)
         return True
+
+    def _with_prepared(self, sessions: dict[str, Session]) -> dict[str, Session]:
+        """Statements each connection has prepared, where the server keeps them
+        (MariaDB and MySQL with performance_schema on); the statement ids are the ones of
+        the wire protocol. Without the table, the sessions stay as they are."""
+        if not self._prepared_supported:
+            return sessions
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(
+                    "SELECT t.PROCESSLIST_ID, p.STATEMENT_ID, p.SQL_TEXT"
+                    " FROM performance_schema.prepared_statements_instances p"
+                    " JOIN performance_schema.threads t ON t.THREAD_ID = p.OWNER_THREAD_ID"
+                    " WHERE p.OWNER_OBJECT_TYPE IS NULL"
+                )
+                rows = cur.fetchall()
+        except pymysql.MySQLError:
+            self._prepared_supported = False
+            return sessions
+        by_conn: dict[int, dict[int, str]] = {}
+        for conn_id, stmt_id, sql in rows:
+            if conn_id is not None and stmt_id is not None and sql is not None:
+                by_conn.setdefault(int(conn_id), {})[int(stmt_id)] = _text(sql)
+        if not by_conn:
+            return sessions
+        return {
+            endpoint: Session(s.user, s.db, s.conn_id, by_conn.get(s.conn_id or -1, {}))
+            for endpoint, s in sessions.items()
+        }
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -38,7 +38,7 @@ from probe.mysql.events import (
     Resynced,
     ServerGreeted,
 )
-from probe.normalize import Normalizer, Template, split_statements, template_key
+from probe.normalize import Normalizer, Template, count_placeholders, split_statements, template_key
 
 # Connection phases.
 UNSYNCED = 0  # attached mid-stream: waiting for a command boundary
@@ -172,6 +172,7 @@ class Conversation:
         self.normalizer = normalizer
         self.limits = limits or ConversationLimits()
         self.phase = GREETING if from_start else UNSYNCED
+        self.midstream = not from_start  # the handshake was not seen
         self.user = ""
         self.db = ""
         self.conn_id: int | None = None
@@ -319,6 +320,25 @@ class Conversation:
             if not cmd.db:
                 cmd.db = self.db
         return True
+
+    def learn_prepared(self, stmt_id: int, sql: str) -> bool:
+        """A statement prepared before this connection was seen (from a checkpoint, or the
+        server's performance_schema): executes of ``stmt_id`` get its template."""
+        if stmt_id in self.prepared:
+            return False
+        if len(self.prepared) >= self.limits.max_prepared:
+            self._limit("max_prepared")
+            return False
+        inner = self.normalizer.normalize(sql)
+        self.prepared[stmt_id] = _Prepared(inner, sql, count_placeholders(sql), True)
+        return True
+
+    def session_snapshot(self) -> tuple[str, str, int | None, dict[int, str]] | None:
+        """What a restart cannot learn again from the wire: (user, db, connection id,
+        prepared statements by id), or None when there is nothing."""
+        if not self.user and not self.prepared:
+            return None
+        return self.user, self.db, self.conn_id, {sid: stmt.sql for sid, stmt in self.prepared.items()}
 
     # -- client side --------------------------------------------------------------------------
 

@@ -97,3 +97,20 @@ def test_malformed_reports_are_rejected_not_merged() -> None:
     bad["templates"][0]["latency_us"]["sketch"] = {"alpha": 0.5}
     assert merger.add(bad) == "rejected"
     assert merger.rejected == 2 and drain(merger)["templates"] == []
+
+
+def test_snapshot_and_restore_resume_exactly() -> None:
+    import json
+
+    merger = ReportMerger()
+    merger.add(slave_report("s1", 1, [("0000000000000001", 1, [10, 20])]))
+    drain(merger)
+    merger.add(slave_report("s1", 2, [("0000000000000001", 0, [30])]))
+    snapshot = json.loads(json.dumps(merger.snapshot()))
+    resumed = ReportMerger()
+    resumed.restore(snapshot)
+    assert resumed.add(slave_report("s1", 2, [("0000000000000001", 0, [30])])) == "duplicate"
+    assert resumed.add(slave_report("s1", 3, [("0000000000000001", 0, [40])])) == "merged"
+    entry = next(t for t in resumed.cumulative_report()["templates"] if t["key"] == "0000000000000001")
+    assert entry["count"] == 4 and entry["errors"] == {"1146": 1} and entry["latency_us"]["sum"] == 100
+    assert drain(resumed)["templates"][0]["count"] == 2  # the interval resumed where it was

@@ -25,6 +25,10 @@ class Receiver:
     def __init__(self, directory: Path, name: str) -> None:
         self.port = free_port()
         self.log = directory / f"{name}.jsonl"
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after a kill: same port, same log)."""
         self.proc = subprocess.Popen(
             [
                 sys.executable,
