@@ -130,7 +130,12 @@ def merged_after(cluster: Cluster, leader: str) -> dict[str, dict[str, list[int]
 def test_failover_restart_and_stall(cluster: Cluster) -> None:
     first, epoch = cluster.wait_leader(timeout=60)
     assert first in ("m1", "m2")
-    roles = {e["name"]: e["role"] for e in cluster.nodes["s2"].get("/cluster/listnodes")}
+    deadline = time.monotonic() + 30  # gossip converges: every node sees all four
+    while time.monotonic() < deadline:
+        roles = {e["name"]: e["role"] for e in cluster.nodes["s2"].get("/cluster/listnodes")}
+        if len(roles) == 4 and "master" in roles.values():
+            break
+        time.sleep(0.3)
     assert roles == {"m1": roles["m1"], "m2": roles["m2"], "s1": "slave", "s2": "slave"}
     assert sorted([roles["m1"], roles["m2"]]) == ["master", "standby"]
     merged_after(cluster, first)
