@@ -23,33 +23,39 @@ class AddressError(ValueError):
     """An address that is not HOST:PORT."""
 
 
-def normalize_address(text: str) -> str:
-    """``HOST:PORT`` in canonical form: IPv6 in brackets, IPv4 dotted, host names lower-case."""
+def split_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port), with the port checked."""
     text = text.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not rest.startswith(":"):
             raise AddressError(f"{text!r}: expected [IPv6]:PORT")
         port_text = rest[1:]
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise AddressError(f"{text!r}: {host!r} is not an IPv6 address") from None
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host:
             raise AddressError(f"{text!r}: expected HOST:PORT")
         if ":" in host:
             raise AddressError(f"{text!r}: an IPv6 address goes in brackets, [addr]:port")
-        try:
-            host = str(ipaddress.IPv4Address(host))
-        except ValueError:
-            if not _HOSTNAME.fullmatch(host):
-                raise AddressError(f"{text!r}: {host!r} is not an address or host name") from None
-            host = host.lower()
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise AddressError(f"{text!r}: the port must be 1-65535")
-    return f"[{host}]:{int(port_text)}" if ":" in host else f"{host}:{int(port_text)}"
+    return host, int(port_text)
+
+
+def normalize_address(text: str) -> str:
+    """``HOST:PORT`` in canonical form: IPv6 in brackets, IPv4 dotted, host names lower-case."""
+    host, port = split_address(text)
+    if text.strip().startswith("["):
+        try:
+            return f"[{ipaddress.IPv6Address(host)}]:{port}"
+        except ValueError:
+            raise AddressError(f"{text.strip()!r}: {host!r} is not an IPv6 address") from None
+    try:
+        return f"{ipaddress.IPv4Address(host)}:{port}"
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise AddressError(f"{text.strip()!r}: {host!r} is not an address or host name") from None
+        return f"{host.lower()}:{port}"
 
 
 class StaticMembers:

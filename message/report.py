@@ -335,6 +335,23 @@ def add_capture(into: dict[str, Any], other: Mapping[str, Any], *, sign: int = 1
             into[name] = into.get(name, 0) + sign * value
 
 
+class IntervalSum:
+    """The sum of parts of one interval (workers of a slave, shards of a replay): each part
+    has ``templates``, ``slow``, ``slow_dropped``, ``counters`` and ``capture``."""
+
+    def __init__(self, max_slow: int) -> None:
+        self.templates: dict[tuple[str, str, str], TemplateStats] = {}
+        self.slow = SlowSamples(max_slow)
+        self.counters: dict[str, int] = {}
+        self.capture: dict[str, Any] = {}
+
+    def add(self, part: Any) -> None:
+        merge_templates(self.templates, part.templates)
+        self.slow.merge(part.slow, part.slow_dropped)
+        add_counters(self.counters, part.counters)
+        add_capture(self.capture, part.capture)
+
+
 def merge_templates(into: dict[tuple[str, str, str], TemplateStats], stats: Iterable[TemplateStats]) -> None:
     """Add ``stats`` into ``into``, keyed by (server, db, key)."""
     for item in stats:

@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from cluster.static import AddressError, split_address
 from mysqlprobe import __version__
 
 EXIT_OK = 0
@@ -28,22 +29,10 @@ class UsageError(Exception):
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise UsageError(f"bad address {text!r}: expected [IPv6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host:
-            raise UsageError(f"bad address {text!r}: expected HOST:PORT")
     try:
-        port = int(port_text)
-    except ValueError:
-        raise UsageError(f"bad port in {text!r}: {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise UsageError(f"bad port in {text!r}: {port} is out of range 1-65535")
-    return host, port
+        return split_address(text)
+    except AddressError as exc:
+        raise UsageError(f"bad address {exc}") from None
 
 
 def _packed_addresses(host: str) -> frozenset[bytes]:

@@ -26,11 +26,8 @@ from cluster.traces import TraceStore
 from message.persist import StateError, read_state, write_state
 from message.report import (
     SCHEMA_VERSION,
-    SlowSamples,
-    TemplateStats,
+    IntervalSum,
     add_capture,
-    add_counters,
-    merge_templates,
     report_totals,
 )
 from mysqlprobe import __version__
@@ -452,15 +449,10 @@ class SlaveNode(BaseNode):
     def build_report(
         self, start_ns: int, end_ns: int, answers: list[WorkerInterval], missing: list[int]
     ) -> dict[str, Any]:
-        templates: dict[tuple[str, str, str], TemplateStats] = {}
-        slow = SlowSamples(self.config.probe.maxslow)
-        counters: dict[str, int] = {}
-        capture: dict[str, Any] = {}
+        total = IntervalSum(self.config.probe.maxslow)
         for answer in answers:
-            merge_templates(templates, answer.templates)
-            slow.merge(answer.slow, answer.slow_dropped)
-            add_counters(counters, answer.counters)
-            add_capture(capture, answer.capture)
+            total.add(answer)
+        templates, slow, counters, capture = total.templates, total.slow, total.counters, total.capture
         capture["workers_missing"] = len(missing)
         capture["workers_restarted"] = self.pool.restarts
         gap = self.pending_gap

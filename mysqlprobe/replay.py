@@ -23,12 +23,9 @@ from typing import Any
 
 from message.report import (
     SCHEMA_VERSION,
+    IntervalSum,
     SlowQuery,
-    SlowSamples,
     TemplateStats,
-    add_capture,
-    add_counters,
-    merge_templates,
     report_totals,
 )
 from probe.capture import FileCapture
@@ -185,15 +182,10 @@ def _run_parallel(
 
 
 def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, workers: int) -> ReplayResult:
-    templates: dict[tuple[str, str, str], TemplateStats] = {}
-    slow = SlowSamples(options.engine.max_slow)
-    counters: dict[str, int] = {}
-    capture: dict[str, Any] = {}
+    total = IntervalSum(options.engine.max_slow)
     for result in results:
-        merge_templates(templates, result.templates)
-        slow.merge(result.slow, result.slow_dropped)
-        add_counters(counters, result.counters)
-        add_capture(capture, result.capture)
+        total.add(result)
+    templates, slow, counters, capture = total.templates, total.slow, total.counters, total.capture
     # Every worker reads and decodes every frame that is not a TCP segment of a watched
     # connection: those counters are per file, not per shard.
     for name in ("packets", "bytes", "non_ip", "non_tcp", "ip_fragments", "truncated"):

@@ -29,6 +29,8 @@ from typing import Any
 
 import pymysql
 
+from watcher.connection import MySQLConnection
+
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}")
 MIN_INTERVAL_S = 0.1
 
@@ -37,45 +39,6 @@ def _checked(name: str, what: str) -> str:
     if not _IDENT.fullmatch(name):
         raise ValueError(f"heartbeat {what}: {name!r} is not a plain identifier")
     return name
-
-
-class _Connection:
-    """One pymysql connection, reopened after a failure."""
-
-    def __init__(self, host: str, port: int, user: str, password: str, timeout: float) -> None:
-        self.host = host
-        self.port = port
-        self.user = user
-        self.password = password
-        self.timeout = timeout
-        self.conn: Any = None
-
-    def query(self, sql: str, args: tuple[Any, ...] | None = None) -> list[dict[str, Any]]:
-        if self.conn is None:
-            self.conn = pymysql.connect(
-                host=self.host,
-                port=self.port,
-                user=self.user,
-                password=self.password,
-                connect_timeout=self.timeout,
-                read_timeout=self.timeout,
-                write_timeout=self.timeout,
-                autocommit=True,
-                cursorclass=pymysql.cursors.DictCursor,
-            )
-        try:
-            with self.conn.cursor() as cur:
-                cur.execute(sql, args)
-                return list(cur.fetchall())
-        except (pymysql.MySQLError, OSError):
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-            self.conn = None
 
 
 class HeartbeatWriter:
@@ -93,7 +56,7 @@ class HeartbeatWriter:
         table: str = "heartbeat",
         timeout: float = 5.0,
     ) -> None:
-        self.db = _Connection(host, port, user, password, timeout)
+        self.db = MySQLConnection(host, port, user, password, timeout)
         self.node = node
         self.epoch = epoch
         self.row_id = row_id
@@ -208,7 +171,7 @@ class HeartbeatReader:
         interval_s: float = 1.0,
         timeout: float = 5.0,
     ) -> None:
-        self.db = _Connection(host, port, user, password, timeout)
+        self.db = MySQLConnection(host, port, user, password, timeout)
         self.row_id = row_id
         self.database = _checked(database, "database")
         self.table = _checked(table, "table")

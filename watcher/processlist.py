@@ -10,7 +10,6 @@ map (its error is reported, the map is not emptied).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import threading
 import time
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
+
+from watcher.connection import MySQLConnection
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class ProcesslistWatcher:
         self.failures = 0
         self.last_error: str | None = None
         self.last_refresh: float | None = None
-        self._conn: Any = None
+        self._db = MySQLConnection(host, port, user, password, connect_timeout)
         self._prepared_supported = True  # performance_schema.prepared_statements_instances
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,25 +110,12 @@ class ProcesslistWatcher:
     def refresh(self) -> bool:
         """One refresh; on failure the last good map stays and the error is kept."""
         try:
-            if self._conn is None:
-                self._conn = pymysql.connect(
-                    host=self.host,
-                    port=self.port,
-                    user=self.user,
-                    password=self.password,
-                    connect_timeout=self.connect_timeout,
-                    read_timeout=self.connect_timeout,
-                    autocommit=True,
-                )
-            with self._conn.cursor() as cur:
-                cur.execute("SHOW PROCESSLIST")
-                columns = [d[0] for d in cur.description]
-                sessions = sessions_from_rows(columns, cur.fetchall())
-            sessions = self._with_prepared(sessions)
+            columns, rows = self._db.query_rows("SHOW PROCESSLIST")
+            sessions = self._with_prepared(sessions_from_rows(columns, rows))
         except (pymysql.MySQLError, OSError, ValueError) as exc:
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self._close()
+            self._db.close()
             return False
         self.sessions = sessions
         self.refreshes += 1
@@ -144,14 +132,12 @@ class ProcesslistWatcher:
         if not self._prepared_supported:
             return sessions
         try:
-            with self._conn.cursor() as cur:
-                cur.execute(
-                    "SELECT t.PROCESSLIST_ID, p.STATEMENT_ID, p.SQL_TEXT"
-                    " FROM performance_schema.prepared_statements_instances p"
-                    " JOIN performance_schema.threads t ON t.THREAD_ID = p.OWNER_THREAD_ID"
-                    " WHERE p.OWNER_OBJECT_TYPE IS NULL"
-                )
-                rows = cur.fetchall()
+            _, rows = self._db.query_rows(
+                "SELECT t.PROCESSLIST_ID, p.STATEMENT_ID, p.SQL_TEXT"
+                " FROM performance_schema.prepared_statements_instances p"
+                " JOIN performance_schema.threads t ON t.THREAD_ID = p.OWNER_THREAD_ID"
+                " WHERE p.OWNER_OBJECT_TYPE IS NULL"
+            )
         except pymysql.MySQLError:
             self._prepared_supported = False
             return sessions
@@ -166,12 +152,6 @@ class ProcesslistWatcher:
             for endpoint, s in sessions.items()
         }
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing to release
-                self._conn.close()
-            self._conn = None
-
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="processlist", daemon=True)
         self._thread.start()
@@ -185,7 +165,7 @@ class ProcesslistWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.connect_timeout + 1)
-        self._close()
+        self._db.close()
 
     def status(self) -> dict[str, Any]:
         return {
