@@ -24,7 +24,7 @@ import pcapy
 
 _META = struct.Struct("IIII")
 _GZIP_MAGIC = b"\x1f\x8b"
-DEFAULT_BATCH = 256
+DEFAULT_BATCH = 64
 
 
 class CaptureError(Exception):
