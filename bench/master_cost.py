@@ -25,6 +25,7 @@ from message import decode, encode  # noqa: E402
 from message.report import TemplateStats  # noqa: E402
 from tests.support.mariadb import MariaDB  # noqa: E402
 from tests.support.nodes import Collector, Node  # noqa: E402
+from tests.support.sysbench import run_options, sysbench_argv  # noqa: E402
 
 CLOCK = os.sysconf("SC_CLK_TCK")
 
@@ -81,22 +82,8 @@ def real(seconds: int = 20) -> None:
         for server in servers:
             server.start()
             server.query("CREATE DATABASE sbtest")
-            subprocess.run(
-                [
-                    "sysbench",
-                    "oltp_read_write",
-                    "--db-driver=mysql",
-                    "--mysql-host=127.0.0.1",
-                    f"--mysql-port={server.port}",
-                    "--mysql-user=root",
-                    "--mysql-db=sbtest",
-                    "--tables=2",
-                    "--table-size=5000",
-                    "prepare",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            argv = sysbench_argv(server.port, tables=2, table_size=5000)
+            subprocess.run([*argv, "prepare"], check=True, capture_output=True)
         slaves = [
             Node(workdir, {"interval": 1, "probe": {"device": "lo", "port": s.port, "workers": 1}}, f"s{i}").start()
             for i, s in enumerate(servers)
@@ -111,21 +98,7 @@ def real(seconds: int = 20) -> None:
         before = master.get("/status")["merge"]["merged"]
         runs = [
             subprocess.Popen(
-                [
-                    "sysbench",
-                    "oltp_read_write",
-                    "--db-driver=mysql",
-                    "--mysql-host=127.0.0.1",
-                    f"--mysql-port={s.port}",
-                    "--mysql-user=root",
-                    "--mysql-db=sbtest",
-                    "--tables=2",
-                    "--table-size=5000",
-                    "--threads=2",
-                    f"--time={seconds}",
-                    "--db-ps-mode=disable",
-                    "run",
-                ],
+                [*sysbench_argv(s.port, tables=2, table_size=5000), *run_options(2, seconds)],
                 stdout=subprocess.DEVNULL,
             )
             for s in servers

@@ -48,27 +48,18 @@ def ensure_tools() -> None:
 def record(seconds: int, threads: int) -> tuple[Path, int, int]:
     from tests.support.mariadb import MariaDB
     from tests.support.recorder import LoopbackRecorder
+    from tests.support.sysbench import run_options, sysbench_argv
 
     server = MariaDB()
     server.start()
     path = OUT / "sysbench.pcap"
     try:
         server.query("CREATE DATABASE sbtest")
-        common = [
-            "sysbench",
-            "oltp_read_write",
-            "--db-driver=mysql",
-            "--mysql-host=127.0.0.1",
-            f"--mysql-port={server.port}",
-            "--mysql-user=root",
-            "--mysql-db=sbtest",
-            "--tables=4",
-            "--table-size=10000",
-        ]
+        common = sysbench_argv(server.port)
         subprocess.run([*common, "prepare"], check=True, capture_output=True)
         with LoopbackRecorder(server.port, str(path)) as recorder:
             run = subprocess.run(
-                [*common, f"--threads={threads}", f"--time={seconds}", "--db-ps-mode=disable", "run"],
+                [*common, *run_options(threads, seconds)],
                 check=True,
                 capture_output=True,
                 text=True,

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.mariadb import MariaDB  # noqa: E402
 from tests.support.nodes import Collector, Node  # noqa: E402
+from tests.support.sysbench import run_options, sysbench_argv  # noqa: E402
 from tests.support.workload import Accounting  # noqa: E402
 
 CLOCK = os.sysconf("SC_CLK_TCK")
@@ -57,20 +58,8 @@ def tree_cpu(pid: int) -> float:
 
 
 def sysbench(port: int, threads: int, seconds: int, command: str = "run") -> dict[str, float]:
-    argv = [
-        "sysbench",
-        "oltp_read_write",
-        "--db-driver=mysql",
-        "--mysql-host=127.0.0.1",
-        f"--mysql-port={port}",
-        "--mysql-user=root",
-        "--mysql-db=sbtest",
-        "--tables=4",
-        "--table-size=10000",
-    ]
-    if command == "run":
-        argv += [f"--threads={threads}", f"--time={seconds}", "--db-ps-mode=disable"]
-    out = subprocess.run([*argv, command], check=True, capture_output=True, text=True).stdout
+    argv = sysbench_argv(port) + (run_options(threads, seconds) if command == "run" else [command])
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     if command != "run":
         return {}
     stats: dict[str, float] = {}

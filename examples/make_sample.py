@@ -23,6 +23,7 @@ from scapy.utils import PcapReader, PcapWriter
 from tests.support import workload
 from tests.support.mariadb import MariaDB
 from tests.support.recorder import LoopbackRecorder
+from tests.support.sysbench import sysbench_argv
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample.pcap.gz")
 
@@ -34,18 +35,7 @@ def main() -> None:
     os.close(fd)
     try:
         server.query("CREATE DATABASE sbtest")
-        sysbench = [
-            "sysbench",
-            "oltp_read_write",
-            "--db-driver=mysql",
-            "--mysql-host=127.0.0.1",
-            f"--mysql-port={server.port}",
-            "--mysql-user=root",
-            "--mysql-db=sbtest",
-            "--tables=2",
-            "--table-size=2000",
-            "--range-size=10",
-        ]
+        sysbench = sysbench_argv(server.port, tables=2, table_size=2000, extra=("--range-size=10",))
         subprocess.run([*sysbench, "prepare"], check=True, capture_output=True)
         workload.prepare_schema(server)
         with LoopbackRecorder(server.port, raw):
