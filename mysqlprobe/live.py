@@ -18,7 +18,6 @@ import os
 import select
 import signal
 import time
-import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -295,7 +294,3 @@ class WorkerPool:
                 worker.process.kill()
                 worker.process.join(3)
             worker.control.close()
-
-
-def describe_failure(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -4,7 +4,7 @@ Owns opening pcap/pcapng files (gzip'd ones through a pipe, never a temp copy) a
 devices, reading them in batches (``next_batch``: one C call per up to N packets), BPF
 filters for the watched ports, and the pcap/kernel drop counters. It yields
 ``(buffer, meta)`` batches where ``meta`` holds 16-byte records (sec, usec, offset,
-caplen); ``iter_packets`` turns a batch into ``(ts_ns, frame)`` pairs.
+caplen).
 
 A truncated file makes libpcap fail the whole batch that holds the broken record; the
 reader then reopens the file, skips what it already delivered and reads the rest one packet
@@ -29,11 +29,6 @@ DEFAULT_BATCH = 64
 
 class CaptureError(Exception):
     """A capture source could not be opened or read; the message is one line for the user."""
-
-
-def iter_packets(buffer: bytes, meta: bytes) -> Iterator[tuple[int, bytes]]:
-    for sec, usec, offset, caplen in _META.iter_unpack(meta):
-        yield sec * 1_000_000_000 + usec * 1000, buffer[offset : offset + caplen]
 
 
 class _GunzipPipe:

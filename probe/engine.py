@@ -280,12 +280,6 @@ class Engine:
         if ts >= self._next_sweep:
             self.tick(ts)
 
-    def segment(self, ts: int, segment: Segment) -> None:
-        """An already-decoded segment (live capture decodes before sharding)."""
-        self.packets += 1
-        self.bytes += len(segment[7])
-        self.flows.segment(ts, segment)
-
     def tick(self, now_ns: int) -> None:
         if self._next_sweep:
             self.flows.expire(now_ns)
