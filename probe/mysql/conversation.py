@@ -257,17 +257,20 @@ class Conversation:
             self._s_last_ns = ts
             if ack is not None:
                 self._server_ack = ack
-            if self._s_desync or self._s_inflate is not None:
-                self._server_segment(ts, data, start, ack)
-            else:
-                pending = self.pending
-                if ack is not None and pending and not self._s_buf and not self._s_skip:
-                    head = pending[0]
-                    if ack < head.req_end and not head.first_ns and head.state != R_INFILE:
-                        # Sent before the server read our request: an earlier, unseen response.
-                        self._events.append(Garbage(ts, TO_CLIENT, "response to an unseen request"))
-                        return events
+            if self._s_desync:
+                self._server_resync(ts, data, start)
+                return events
+            pending = self.pending
+            if ack is not None and pending and not self._s_buf and not self._s_skip:
+                head = pending[0]
+                if ack < head.req_end and not head.first_ns and head.state != R_INFILE:
+                    # Sent before the server read our request: an earlier, unseen response.
+                    self._events.append(Garbage(ts, TO_CLIENT, "response to an unseen request"))
+                    return events
+            if self._s_inflate is None:
                 self._server_plain(ts, data)
+            else:
+                self._server_inflated(ts, data)
         return events
 
     def gap(self, ts: int, direction: int, size: int) -> list[Event]:
@@ -650,25 +653,24 @@ class Conversation:
 
     # -- server side --------------------------------------------------------------------------
 
-    def _server_segment(self, ts: int, data: bytes, start: int, ack: int | None) -> None:
-        if self._s_desync:
-            data = self._server_boundary(ts, data, start)
-            if not data:
-                self.unparsed_segments += 1
-                return
-        elif ack is not None and self.pending and not self._s_buf and not self._s_skip:
-            head = self.pending[0]
-            if ack < head.req_end and head.state != R_INFILE and not head.first_ns:
-                # Sent before the server had read our request: an earlier, unseen response.
-                self._events.append(Garbage(ts, TO_CLIENT, "response to an unseen request"))
-                return
-        if self._s_inflate is not None:
-            try:
-                data = self._s_inflate.feed(data)
-            except p.BAD_BYTES as exc:
-                self._server_garbage(ts, str(exc))
-                return
-        self._server_plain(ts, data)
+    def _server_resync(self, ts: int, data: bytes, start: int) -> None:
+        """A desynchronised server stream: skip to where a response starts, parse from there."""
+        data = self._server_boundary(ts, data, start)
+        if not data:
+            self.unparsed_segments += 1
+        elif self._s_inflate is None:
+            self._server_plain(ts, data)
+        else:
+            self._server_inflated(ts, data)
+
+    def _server_inflated(self, ts: int, data: bytes) -> None:
+        assert self._s_inflate is not None
+        try:
+            plain = self._s_inflate.feed(data)
+        except p.BAD_BYTES as exc:
+            self._server_garbage(ts, str(exc))
+            return
+        self._server_plain(ts, plain)
 
     def _server_boundary(self, ts: int, data: bytes, start: int) -> bytes:
         """The part of ``data`` from which a desynchronised server stream can restart."""
