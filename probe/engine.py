@@ -138,7 +138,6 @@ class Engine:
         self._decoders = {linktype: self._decode}
         self._recent: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self.duplicates = 0
-        self.sessions: dict[str, tuple[str, str, int | None]] = {}
         self.aggregator = Aggregator(
             slow_threshold_us=config.slow_threshold_us,
             max_slow=config.max_slow,
@@ -314,18 +313,14 @@ class Engine:
     def learn_sessions(self, sessions: dict[str, tuple[Any, ...]]) -> int:
         """Client endpoint -> (user, db, connection id[, {statement id: SQL}]) from the
         server's process list (and prepared_statements_instances): fills in connections
-        whose handshake was never seen. Returns how many it filled."""
-        self.sessions = {k: (v[0], v[1], v[2]) for k, v in sessions.items()}
-        self.flows.sessions = self.sessions
+        whose handshake was never seen, now and later. Returns how many it filled."""
+        self.flows.sessions = {k: (v[0], v[1], v[2], dict(v[3]) if len(v) > 3 else {}) for k, v in sessions.items()}
         filled = 0
         for conn in self.flows.table.values():
-            known = sessions.get(conn.client)
-            if known is None or not conn.conv.midstream:
-                continue
-            if conn.conv.assume_session(known[0], known[1], known[2]):
-                filled += 1
-            for stmt_id, sql in (known[3] if len(known) > 3 else {}).items():
-                conn.conv.learn_prepared(int(stmt_id), sql)
+            if conn.conv.midstream and conn.client in self.flows.sessions:
+                known_before = conn.conv.user
+                self.flows.apply_known(conn.conv)
+                filled += conn.conv.user != known_before
         return filled
 
     def restore_sessions(self, restored: dict[str, tuple[str, str, int | None, dict[int, str]]]) -> None:

@@ -126,10 +126,10 @@ class FlowTable:
         self.tcp_segments = 0  # kept apart from ``counters``: it moves on every packet
         self.unparsed_closed = 0  # unparsed segments of connections already gone
         self.limit_hits_closed: dict[str, int] = {}  # conversation bounds hit by closed connections
-        # Client endpoint -> (user, db, connection id) from the server's process list, and
-        # -> (user, db, connection id, {statement id: SQL}) from a checkpoint, for
-        # connections whose handshake the probe never saw.
-        self.sessions: dict[str, tuple[str, str, int | None]] = {}
+        # Client endpoint -> (user, db, connection id, {statement id: SQL}), from the
+        # server's process list and from a checkpoint, for connections whose handshake the
+        # probe never saw.
+        self.sessions: dict[str, tuple[str, str, int | None, dict[int, str]]] = {}
         self.restored: dict[str, tuple[str, str, int | None, dict[int, str]]] = {}
 
     # -- per segment --------------------------------------------------------------------------
@@ -339,15 +339,13 @@ class FlowTable:
 
     def apply_known(self, conv: Conversation) -> None:
         """Fill a connection seen mid-stream from what is known of it elsewhere."""
-        restored = self.restored.get(conv.client)
-        if restored is not None:
-            user, db, conn_id, prepared = restored
-            conv.assume_session(user, db, conn_id)
-            for stmt_id, sql in prepared.items():
-                conv.learn_prepared(int(stmt_id), sql)
-        known = self.sessions.get(conv.client)
-        if known is not None:
-            conv.assume_session(*known)
+        for source in (self.restored, self.sessions):
+            known = source.get(conv.client)
+            if known is not None:
+                user, db, conn_id, prepared = known
+                conv.assume_session(user, db, conn_id)
+                for stmt_id, sql in prepared.items():
+                    conv.learn_prepared(int(stmt_id), sql)
 
     def limit_hits(self) -> dict[str, int]:
         """How often each per-connection bound bit, over all connections seen."""
