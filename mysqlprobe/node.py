@@ -169,6 +169,8 @@ class BaseNode:
                 samples.append(Sample(ts, node, "push_queue_depth", float(len(self.pusher.unacked)), False))
             samples.append(Sample(ts, node, "subscribers", float(len(self.hub.subscribers)), False))
         for server, lag in dict(report.get("heartbeat", {})).items():
+            if lag.get("role") == "writer":
+                continue  # a writer measures no lag: a null sample would only hide the readers' values
             value = lag.get("lag_ms")
             samples.append(
                 Sample(ts, f"{node}/{server}" if node else server, "heartbeat_lag_ms", value, bool(lag.get("error")))

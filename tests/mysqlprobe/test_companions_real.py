@@ -62,7 +62,11 @@ def test_heartbeat_lag_in_reports_status_and_the_merged_view(tmp_path: Path) -> 
             lags = [s for s in raw if s["metric"] == "heartbeat_lag_ms"]
             assert lags and any(s["value"] and s["value"] > 2000 for s in lags)
             aggregate = master.get("/api/metrics/aggregate?seconds=60&group_by=node")
-            row = next(a for a in aggregate if a["metric"] == "heartbeat_lag_ms")
+            rows = {a["node"]: a for a in aggregate if a["metric"] == "heartbeat_lag_ms"}
+            # One row per (node, server) that reads a heartbeat: the reader's own and the master's
+            # merged view of it; the writer measures no lag and has no row.
+            assert set(rows) == {f"hb-reader/{server}", f"hb-master/{server}"}, rows
+            row = rows[f"hb-reader/{server}"]
             assert row["count"] >= 3 and row["max"] > 2000 and row["min"] is not None
             collector.close()
         finally:
