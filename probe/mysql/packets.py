@@ -340,6 +340,51 @@ def decode_params(
     return values, types
 
 
+#: COM_STMT_BULK_EXECUTE flag: parameter types follow the flags.
+BULK_SEND_TYPES = 128
+#: COM_STMT_BULK_EXECUTE per-value indicators (MariaDB "COM_STMT_BULK_EXECUTE").
+BULK_NONE, BULK_NULL, BULK_DEFAULT, BULK_IGNORE = 0, 1, 2, 3
+
+
+def decode_bulk_first_row(
+    payload: bytes, pos: int, count: int, types: list[int] | None
+) -> tuple[tuple[Any, ...], list[int] | None]:
+    """The first parameter row of MariaDB's COM_STMT_BULK_EXECUTE, for samples.
+
+    Layout after the statement id (``pos``): int<2> flags; with ``BULK_SEND_TYPES`` one
+    int<1> type and int<1> flag per parameter; then rows, each value preceded by an
+    int<1> indicator (0 a value follows, 1 NULL, 2 DEFAULT, 3 IGNORE). Returns (values of
+    the first row, types in force); DEFAULT and IGNORE read as None.
+    """
+    if pos + 2 > len(payload):
+        raise PacketError("truncated bulk execute")
+    flags = payload[pos] | payload[pos + 1] << 8
+    pos += 2
+    if flags & BULK_SEND_TYPES:
+        end = pos + 2 * count
+        if end > len(payload):
+            raise PacketError("truncated bulk parameter types")
+        types = [payload[i] | payload[i + 1] << 8 for i in range(pos, end, 2)]
+        pos = end
+    if count == 0:
+        return (), types
+    if types is None or len(types) != count:
+        raise PacketError("parameter types unknown")
+    values: list[Any] = []
+    no_nulls = b"\0"
+    for type_code in types:
+        if pos >= len(payload):
+            raise PacketError("truncated bulk row")
+        indicator = payload[pos]
+        pos += 1
+        if indicator != BULK_NONE:
+            values.append(None)
+            continue
+        value, pos = read_values(payload, pos, [type_code], no_nulls)
+        values.append(value[0])
+    return tuple(values), types
+
+
 def read_values(
     payload: bytes,
     pos: int,

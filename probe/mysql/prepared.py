@@ -15,6 +15,7 @@ from probe.mysql import constants as c
 from probe.mysql import packets as p
 from probe.mysql.handshake import Handshake
 from probe.mysql.state import (
+    LAST_PREPARED,
     R_PREP_COLS,
     R_PREP_PARAMS,
     UNKNOWN_STMT,
@@ -37,8 +38,16 @@ class PreparedStatements(Handshake):
             self._limit("max_prepared")
             return False
         inner = self.normalizer.normalize(sql)
-        self.prepared[stmt_id] = PreparedStatement(inner, sql, count_placeholders(sql), True)
+        self.prepared[stmt_id] = PreparedStatement(inner, sql, count_placeholders(sql), True, stmt_id)
         return True
+
+    def _statement(self, stmt_id: int) -> PreparedStatement | None:
+        """The statement an id refers to; MariaDB's -1 is the most recent PREPARE request,
+        whether or not its response has arrived yet (connectors send PREPARE and EXECUTE
+        in one write)."""
+        if stmt_id == LAST_PREPARED:
+            return self.last_prepared
+        return self.prepared.get(stmt_id)
 
     def _describe_prepare(self, cmd: Request, payload: bytes) -> None:
         sql = p.text(payload[1:])
@@ -46,23 +55,27 @@ class PreparedStatements(Handshake):
         inner = self.normalizer.normalize(sql)
         text = "PREPARE " + inner.text
         cmd.template = Template(template_key(text), text)
-        cmd.prepared = inner
+        # Known from the request already: the placeholder count stands in for the server's
+        # parameter count until COM_STMT_PREPARE_OK says it.
+        cmd.prepared = self.last_prepared = PreparedStatement(inner, sql, count_placeholders(sql), cmd.complete)
 
     def _describe_statement_command(self, cmd: Request, code: int, payload: bytes) -> None:
         cmd.template = admin_template(cmd.name)
         if len(payload) >= 5:
             stmt_id = int.from_bytes(payload[1:5], "little")
+            stmt = self._statement(stmt_id)
+            if stmt is None:
+                return
             if code == c.Command.STMT_CLOSE:
-                self.prepared.pop(stmt_id, None)
+                if stmt.stmt_id is not None and self.prepared.get(stmt.stmt_id) is stmt:
+                    del self.prepared[stmt.stmt_id]
             else:
-                stmt = self.prepared.get(stmt_id)
-                if stmt is not None:
-                    stmt.long_data.clear()
+                stmt.long_data.clear()
 
     def _describe_long_data(self, cmd: Request, payload: bytes) -> None:
         cmd.template = admin_template(cmd.name)
         if len(payload) >= 7:
-            stmt = self.prepared.get(int.from_bytes(payload[1:5], "little"))
+            stmt = self._statement(int.from_bytes(payload[1:5], "little"))
             if stmt is not None:
                 param = payload[5] | payload[6] << 8
                 kept = stmt.long_data.get(param, b"")
@@ -71,12 +84,13 @@ class PreparedStatements(Handshake):
                     stmt.long_data[param] = kept + payload[7 : 7 + room]
 
     def _describe_execute(self, cmd: Request, payload: bytes) -> None:
+        """COM_STMT_EXECUTE and MariaDB's COM_STMT_BULK_EXECUTE: the statement's template,
+        and the parameters (of the first row of a bulk) for samples. An execute of a
+        statement whose PREPARE failed keeps that statement's template: the server's ERR
+        lands there, not on an unrelated statement."""
         if len(payload) < 5:
             raise p.PacketError("truncated execute")
-        stmt_id = int.from_bytes(payload[1:5], "little")
-        if stmt_id == 0xFFFFFFFF and self.last_stmt_id is not None:
-            stmt_id = self.last_stmt_id  # MariaDB: "the statement prepared last"
-        stmt = self.prepared.get(stmt_id)
+        stmt = self._statement(int.from_bytes(payload[1:5], "little"))
         if stmt is None:
             cmd.template = Template(template_key(UNKNOWN_STMT), UNKNOWN_STMT)
             cmd.complete = False
@@ -84,24 +98,34 @@ class PreparedStatements(Handshake):
         cmd.template = stmt.template
         cmd.sql = stmt.sql
         cmd.complete = cmd.complete and stmt.complete
-        if cmd.code == c.Command.STMT_EXECUTE and len(payload) >= 10:
-            cmd.cursor = payload[5] != 0
-            params, stmt.types = p.decode_params(payload, 10, stmt.params, stmt.types, stmt.long_data)
-            cmd.params = params
+        if stmt.failed:
+            return
+        try:
+            if cmd.code == c.Command.STMT_EXECUTE:
+                if len(payload) >= 10:
+                    cmd.cursor = payload[5] != 0
+                    cmd.params, stmt.types = p.decode_params(payload, 10, stmt.params, stmt.types, stmt.long_data)
+                    stmt.long_data.clear()
+            elif len(payload) >= 7:
+                cmd.params, stmt.types = p.decode_bulk_first_row(payload, 5, stmt.params, stmt.types)
+        except p.BAD_BYTES:
+            # The packet's framing is intact: only the sample loses its parameters.
             stmt.long_data.clear()
 
     def _prepare_ok(self, ts: int, cmd: Request, payload: bytes) -> None:
         if not payload or payload[0] != c.OK_HEADER:
             raise p.PacketError("prepare reply is neither OK nor ERR")
         ok = p.parse_prepare_ok(payload)
-        inner = cmd.prepared
-        if isinstance(inner, Template):
-            stmt = PreparedStatement(inner, cmd.sql, ok.params, cmd.complete)
+        stmt = cmd.prepared
+        if isinstance(stmt, PreparedStatement):
+            if stmt.params != ok.params:
+                stmt.params = ok.params
+                stmt.types = None
+            stmt.stmt_id = ok.stmt_id
             if ok.stmt_id not in self.prepared and len(self.prepared) >= self.limits.max_prepared:
                 self._limit("max_prepared")
                 del self.prepared[next(iter(self.prepared))]
             self.prepared[ok.stmt_id] = stmt
-        self.last_stmt_id = ok.stmt_id
         cmd.remaining_columns = ok.columns
         if ok.params:
             cmd.remaining = ok.params
@@ -112,6 +136,12 @@ class PreparedStatements(Handshake):
             cmd.state = R_PREP_COLS
         else:
             self._finish(cmd, ts, None, 0, ok.warnings)
+
+    def _prepare_failed(self, cmd: Request) -> None:
+        """The server refused a COM_STMT_PREPARE: executes by -1 that follow it fail too."""
+        stmt = cmd.prepared
+        if isinstance(stmt, PreparedStatement):
+            stmt.failed = True
 
     def _prepare_columns(self, ts: int, cmd: Request) -> None:
         """Parameter definitions are done: column definitions follow, if any."""

@@ -22,6 +22,7 @@ from probe.mysql.state import (
     COMMANDS,
     ENCRYPTED,
     LOGIN,
+    PENDING_OVERHEAD,
     R_AUTH,
     R_FIRST,
     R_INFILE,
@@ -92,7 +93,15 @@ class Requests(PreparedStatements):
         base = None if self._c_inflate is not None else self._c_off - n
         while pos < n:
             if self._c_skip:
+                # The rest of a long physical packet: keep what the limit allows.
                 take = min(self._c_skip, n - pos)
+                part = self._c_part
+                if part is not None:
+                    room = limits.max_query_bytes - len(part)
+                    if room > 0:
+                        part += data[pos : pos + min(take, room)]
+                    if take > room:
+                        self._c_part_cut = True
                 pos += take
                 self._c_skip -= take
                 if self._c_skip:
@@ -133,8 +142,7 @@ class Requests(PreparedStatements):
             self._c_part_size += 4 + length
             pos = chunk_end
             if chunk_end < end:
-                self._c_skip = end - chunk_end
-                self._c_part_cut = self._c_part_cut or room < end - chunk_end
+                self._c_skip = end - chunk_end  # the rest comes in later segments
                 self._c_skip_last = last
                 break
             if last:
@@ -182,6 +190,11 @@ class Requests(PreparedStatements):
 
     def _command(self, ts: int, payload: bytes, size: int, cut: bool, ack: int | None) -> None:
         code = payload[0]
+        limits = self.limits
+        if len(payload) > limits.max_query_bytes and (code == c.Command.QUERY or code == c.Command.STMT_PREPARE):
+            # SQL text is kept up to the limit however the packet arrived (one segment or many).
+            payload = payload[: limits.max_query_bytes]
+            cut = True
         pending = self.pending
         if pending:
             prev = pending[-1]
@@ -217,8 +230,10 @@ class Requests(PreparedStatements):
                 if code == c.Command.QUIT:
                     self.phase = CLOSED
                 return
-        if len(pending) >= self.limits.max_pending:
-            self._limit("max_pending")
+        cmd.cost = cost = PENDING_OVERHEAD + (size if size < limits.max_query_bytes else limits.max_query_bytes)
+        self.pending_bytes += cost
+        while self.pending_bytes > limits.max_pending_bytes and pending:
+            self._limit("max_pending_bytes")
             self._lose(ts, "too many pipelined requests")
         pending.append(cmd)
 

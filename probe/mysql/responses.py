@@ -182,6 +182,7 @@ class Responses(Requests):
                         cmd.bytes_out += 4 + length
                         pos = end
                         pending.popleft()
+                        self.pending_bytes -= cmd.cost
                         self._emit(cmd, ts, None, status, warnings)
                         cmd = self._next_command(ts)
                         continue
@@ -232,6 +233,7 @@ class Responses(Requests):
                         warnings = data[pos + 9] | data[pos + 10] << 8
                         pos = end
                         pending.popleft()
+                        self.pending_bytes -= cmd.cost
                         self._emit(cmd, ts, None, status, warnings)
                         cmd = self._next_command(ts)
                         continue
@@ -321,6 +323,8 @@ class Responses(Requests):
                 if err.code == c.PROGRESS_ERROR_CODE and self.caps and self.caps & c.MARIADB_CLIENT_PROGRESS:
                     cmd.first_ns = 0
                     return
+                if reply == c.Reply.PREPARE:
+                    self._prepare_failed(cmd)
                 self._finish(cmd, ts, err, 0, 0)
                 return
             if reply == c.Reply.RESULT:
@@ -355,6 +359,7 @@ class Responses(Requests):
                 self.phase = REPLICATION
                 self._events.append(ReplicationStream(ts))
                 self.pending.clear()
+                self.pending_bytes = 0
             elif reply == c.Reply.OPAQUE:
                 cmd.state = R_OPAQUE
             return
@@ -366,6 +371,7 @@ class Responses(Requests):
                 if ok.schema is not None:
                     self.db = ok.schema
                 self.prepared.clear()
+                self.last_prepared = None
                 self._finish(cmd, ts, None, ok.status, ok.warnings)
             elif header == c.ERR_HEADER:
                 self._finish(cmd, ts, p.parse_err(payload), 0, 0)
@@ -446,6 +452,7 @@ class Responses(Requests):
                 self.multi_statements = cmd.session_arg == 0
         if cmd.code == c.Command.RESET_CONNECTION:
             self.prepared.clear()
+            self.last_prepared = None
 
     def _result_end(self, ts: int, cmd: Request, payload: bytes, length: int) -> None:
         if length < 9:

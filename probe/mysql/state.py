@@ -58,6 +58,9 @@ R_OPAQUE = 11
 _USE = re.compile(r"\s*USE\s+`?([^`\s;]+)`?", re.IGNORECASE)
 TLS_RECORD = (0x14, 0x15, 0x16, 0x17)
 UNKNOWN_STMT = "EXECUTE <unknown prepared statement>"
+#: Bytes a pending request costs besides its own (the ``Request`` object and its fields).
+PENDING_OVERHEAD = 320
+LAST_PREPARED = 0xFFFFFFFF  # MariaDB statement id: "the statement of the last PREPARE"
 CONNECT = "Connect"
 _new_event = tuple.__new__
 
@@ -70,8 +73,11 @@ class ConversationLimits:
     """SQL bytes kept per statement; longer text is cut (the template still forms)."""
     max_prepared: int = 1024
     """Prepared statements remembered per connection; the oldest is forgotten first."""
-    max_pending: int = 64
-    """Requests awaiting a response (pipelining); beyond it the oldest is dropped as lost."""
+    max_pending_bytes: int = 16 << 20
+    """Memory of requests awaiting a response (pipelined batches). Each costs its kept
+    request bytes (SQL text, parameters) plus ``PENDING_OVERHEAD``; beyond the bound the
+    oldest is dropped as lost and ``max_pending_bytes`` is counted. The default holds
+    ~50,000 pipelined executes: a JDBC or bulk batch of thousands fits."""
     max_packet_buffer: int = 1 << 20
     """Bytes buffered to complete a packet whose content is needed."""
     max_long_data: int = 4096
@@ -79,15 +85,20 @@ class ConversationLimits:
 
 
 class PreparedStatement:
-    __slots__ = ("complete", "long_data", "params", "sql", "template", "types")
+    """A statement prepared on the connection: known from its COM_STMT_PREPARE request,
+    given an id by the server's COM_STMT_PREPARE_OK (``stmt_id``), or refused (``failed``)."""
 
-    def __init__(self, template: Template, sql: str, params: int, complete: bool) -> None:
+    __slots__ = ("complete", "failed", "long_data", "params", "sql", "stmt_id", "template", "types")
+
+    def __init__(self, template: Template, sql: str, params: int, complete: bool, stmt_id: int | None = None) -> None:
         self.template = template
         self.sql = sql
         self.params = params
         self.types: list[int] | None = None
         self.long_data: dict[int, bytes] = {}
         self.complete = complete
+        self.stmt_id = stmt_id
+        self.failed = False
 
 
 class Request:
@@ -113,6 +124,7 @@ class Request:
     session_arg: Any = None
     complete = True
     cursor = False
+    cost = 0  # bytes it counts against ``max_pending_bytes`` while pending
 
     def __init__(
         self,
@@ -178,8 +190,11 @@ class ConnectionState:
         self.compressed = False
         self.multi_statements = True  # assumed until the handshake says otherwise
         self.prepared: dict[int, PreparedStatement] = {}
-        self.last_stmt_id: int | None = None
+        # The statement of the most recent COM_STMT_PREPARE request, answered or not: what
+        # MariaDB's statement id -1 ("the statement just prepared") refers to.
+        self.last_prepared: PreparedStatement | None = None
         self.pending: deque[Request] = deque()
+        self.pending_bytes = 0  # sum of the pending requests' ``cost``
         self.limit_hits: dict[str, int] = {}
         self.unparsed_segments = 0  # segments skipped: encrypted, replication, or resyncing
         self._events: list[Event] = []
@@ -190,8 +205,8 @@ class ConnectionState:
         self._c_part_seq = 0
         self._c_part_size = 0
         self._c_part_cut = False
-        self._c_skip = 0  # bytes of an over-long physical packet still to skip
-        self._c_skip_last = False  # the skipped packet ends its logical packet
+        self._c_skip = 0  # bytes of an over-long physical packet still to come (kept up to the limit)
+        self._c_skip_last = False  # that packet ends its logical packet
         self._c_desync = not from_start
         self._c_inflate: Inflater | None = None
         self._c_packet_end = 0  # absolute offset just past the packet being dispatched
@@ -241,6 +256,7 @@ class ConnectionState:
     ) -> None:
         if queued and self.pending and self.pending[0] is cmd:
             self.pending.popleft()
+            self.pending_bytes -= cmd.cost
         self._emit(cmd, ts, err, status, warnings)
 
     def _emit(self, cmd: Request, ts: int, err: p.Err | None, status: int, warnings: int) -> None:
@@ -285,6 +301,7 @@ class ConnectionState:
 
     def _lose(self, ts: int, reason: str) -> None:
         cmd = self.pending.popleft()
+        self.pending_bytes -= cmd.cost
         self._events.append(ResponseLost(ts, cmd.name, reason))
 
     def _resynced(self, ts: int, direction: int, reason: str) -> None:
@@ -293,6 +310,7 @@ class ConnectionState:
     def _encrypted(self, ts: int) -> None:
         self.phase = ENCRYPTED
         self.pending.clear()
+        self.pending_bytes = 0
         self._events.append(ConnectionEncrypted(ts))
 
     def _limit(self, name: str) -> None:

@@ -230,6 +230,30 @@ def execute(stmt_id: int, params: Sequence[tuple[int, bytes | None]], *, bind: b
     return framed([body])
 
 
+def prepare(sql: str) -> bytes:
+    return framed([bytes([c.Command.STMT_PREPARE]) + sql.encode()])
+
+
+def bulk_execute(
+    stmt_id: int, types: Sequence[int], rows: Sequence[Sequence[bytes | None]], *, send_types: bool = True
+) -> bytes:
+    """MariaDB's COM_STMT_BULK_EXECUTE; each value is encoded binary, or None for NULL."""
+    body = bytes([c.Command.STMT_BULK_EXECUTE]) + struct.pack("<IH", stmt_id, 128 if send_types else 0)
+    if send_types:
+        body += b"".join(struct.pack("<H", kind) for kind in types)
+    for row in rows:
+        body += b"".join(b"\x01" if value is None else b"\x00" + value for value in row)
+    return framed([body])
+
+
+def binary_result_set(columns: int, rows: Sequence[Sequence[bytes]], *, seq: int = 1) -> bytes:
+    """A result set of the binary protocol (COM_STMT_EXECUTE), with EOF packets."""
+    payloads = [lenenc_int(columns)] + [column_def(f"c{i}") for i in range(columns)] + [eof()]
+    payloads += [binary_row(row) for row in rows]
+    payloads.append(eof())
+    return framed(payloads, seq)
+
+
 def binary_row(values: Sequence[bytes]) -> bytes:
     return b"\x00" + b"\0" * ((len(values) + 9) // 8) + b"".join(values)
 

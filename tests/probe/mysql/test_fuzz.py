@@ -13,7 +13,7 @@ from probe.normalize import Normalizer
 from tests.support import mysqlwire as w
 
 _NORMALIZER = Normalizer()
-_LIMITS = ConversationLimits(max_query_bytes=4096, max_packet_buffer=1 << 16, max_pending=8)
+_LIMITS = ConversationLimits(max_query_bytes=4096, max_packet_buffer=1 << 16, max_pending_bytes=8 * 400)
 
 
 def _valid_chunks() -> list[tuple[int, bytes]]:
