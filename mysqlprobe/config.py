@@ -171,6 +171,53 @@ class MetricsConfig:
     """Samples kept at most; the oldest go first."""
 
 
+def _check_log_level(value: str) -> str | None:
+    return None if value in ("debug", "info", "warning", "error") else "one of debug, info, warning, error"
+
+
+def _check_log_format(value: str) -> str | None:
+    return None if value in ("text", "json") else "one of text, json"
+
+
+def _check_otlp_endpoint(value: str) -> str | None:
+    return None if not value or re.match(r"https?://[^\s/]+", value) else "an http:// or https:// URL, or empty"
+
+
+def _check_db_system(value: str) -> str | None:
+    return None if value in ("mysql", "mariadb") else "one of mysql, mariadb"
+
+
+@dataclass
+class LogConfig:
+    level: str = field(default="info", metadata={"check": _check_log_level})
+    """Lowest level logged: debug, info, warning, error. SQL text is logged only at debug."""
+    format: str = field(default="text", metadata={"check": _check_log_format})
+    """text (one line per record) or json (one object per line: ts, level, logger, msg)."""
+
+
+@dataclass
+class PrometheusConfig:
+    topn: int = field(default=100, metadata={"check": _check_positive})
+    """Templates with series of their own on /metrics, chosen by load; the rest add up in
+    one series with key="other"."""
+    templatelength: int = field(default=200, metadata={"check": _check_positive})
+    """Characters of template text in mysqlprobe_template_info; longer texts are cut."""
+
+
+@dataclass
+class OtlpConfig:
+    endpoint: str = field(default="", metadata={"check": _check_otlp_endpoint})
+    """OTLP/HTTP metrics URL (such as http://127.0.0.1:4318/v1/metrics); empty: no export."""
+    topn: int = field(default=100, metadata={"check": _check_positive})
+    """Templates exported per interval, by load; the rest add up in one data point."""
+    dbsystem: str = field(default="mysql", metadata={"check": _check_db_system})
+    """db.system.name of the exported metrics: mysql or mariadb."""
+    timeoutms: int = field(default=5000, metadata={"check": _check_positive})
+    """Time allowed for one export request."""
+    maxqueue: int = field(default=16, metadata={"check": _check_positive})
+    """Exports waiting to be sent at most; further ones are dropped and counted."""
+
+
 @dataclass
 class Config:
     slave: bool = True
@@ -200,6 +247,9 @@ class Config:
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    otlp: OtlpConfig = field(default_factory=OtlpConfig)
 
     @property
     def node_name(self) -> str:

@@ -35,6 +35,8 @@ from mysqlprobe.api import StoresAPI
 from mysqlprobe.clustering import Clustering
 from mysqlprobe.config import Config, ConfigError, load_config, state_dir
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
+from mysqlprobe.logging_setup import configure as configure_logging
+from mysqlprobe.prometheus import NodeMetrics
 from mysqlprobe.server import CollectorHub, HTTPProblem, check_token, errors_as_json, parse_int, request_params
 from probe.engine import EngineConfig
 from probe.flows import FlowLimits
@@ -125,6 +127,14 @@ class BaseNode:
         saved = read_state(state / "seq.json", "report-seq")
         self.seq = int(saved["seq"]) if saved and saved.get("node") == self.name else 0
         self.last_report_at: float | None = None
+        self.prometheus = NodeMetrics(
+            topn=config.prometheus.topn,
+            template_length=config.prometheus.templatelength,
+            status=self.status_body,
+            version=__version__,
+            git_hash=self.git_hash,
+            queue_depths=self.queue_depths,
+        )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Future[Any]] = []
 
@@ -147,6 +157,7 @@ class BaseNode:
         if self.pusher is not None:
             self.pusher.push(report)
         self.last_report_at = time.time()
+        self.prometheus.observe(report, self.hub.templates)
         if self.stores_own_samples:
             self.traces.add(report.get("slow", ()), now)
         self.metrics.record(self.report_samples(report, self.name, now), now)
@@ -182,6 +193,7 @@ class BaseNode:
         app.router.add_get("/collector", self.hub.handle)
         app.router.add_get("/status", self.status)
         app.router.add_route("*", "/config/update", self.config_update)
+        app.router.add_get("/metrics", self.metrics_text)
         self.clustering.routes(app)
         self.api.routes(app)
         return app
@@ -256,6 +268,16 @@ class BaseNode:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status_body())
+
+    def queue_depths(self) -> dict[str, int]:
+        depths = {"collector": sum(sub.queue.qsize() for sub in self.hub.subscribers)}
+        if self.pusher is not None:
+            depths["push"] = len(self.pusher.unacked)
+        return depths
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        body, content_type = self.prometheus.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def config_update(self, request: web.Request) -> web.Response:
         if request.method not in ("GET", "POST"):
@@ -516,12 +538,12 @@ class SlaveNode(BaseNode):
 
 
 def run_node(config_path: str) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         print(f"mysqlprobe: config error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(config.log.level, config.log.format)
     state = state_dir(config, config_path)
     node: BaseNode
     try:

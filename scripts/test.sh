@@ -12,6 +12,7 @@ missing=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 [ -e /usr/include/pcap.h ] || missing+=(libpcap-dev)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # promtool checks /metrics
 if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"

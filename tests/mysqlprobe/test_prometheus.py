@@ -1,0 +1,239 @@
+"""/metrics: a live slave scraped under a real workload and checked against its reports, the
+exposition checked by promtool and by prometheus_client's parser; the top-N bound."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from message.report import TemplateStats
+from mysqlprobe.prometheus import LATENCY_BUCKETS_S, NodeMetrics
+from tests.support import workload
+from tests.support.mariadb import MariaDB
+from tests.support.nodes import Collector, Node
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by (name, sorted labels)."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def series(samples: Samples, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    found = [v for (n, ls), v in samples.items() if n == name and want <= set(ls)]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def promtool_check(text: str) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/test.sh installs Debian's prometheus package"
+    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def synthetic_report(seq: int, loads: dict[str, int], rng: random.Random) -> dict[str, Any]:
+    templates = []
+    for key, calls in loads.items():
+        stats = TemplateStats("10.0.0.1:3306", "app", key, f"SELECT * FROM t{key} WHERE id = ?")
+        for _ in range(calls):
+            latency = rng.randint(50, 50_000)
+            stats.count += 1
+            stats.commands["Query"] = stats.commands.get("Query", 0) + 1
+            stats.latency_sum += latency
+            stats.sketch.add(latency)
+            stats.rows_sent += 1
+        templates.append(stats.to_json())
+    return {"seq": seq, "templates": templates, "capture": {"packets": 10}, "totals": {"queries": 1}}
+
+
+def test_top_n_bounds_series_and_counters_never_go_back() -> None:
+    rng = random.Random(3)
+    metrics = NodeMetrics(
+        topn=3, template_length=20, status=lambda: {"role": "slave"}, version="0", git_hash="x", queue_depths=None
+    )
+    previous: Samples = {}
+    gone: dict[str, float] = {}
+    total_calls = 0
+    for seq in range(1, 13):
+        # The hot set moves: templates 0-4 early, 5-9 late; 10 templates, 3 series.
+        hot = range(5) if seq <= 6 else range(5, 10)
+        loads = {f"{k:016x}": (40 if k in hot else 2) + k for k in range(10)}
+        total_calls += sum(loads.values())
+        metrics.observe(synthetic_report(seq, loads, rng))
+        text = metrics.exposition()[0].decode()
+        samples = parse(text)
+        keys = {dict(ls)["key"] for (n, ls) in samples if n == "mysqlprobe_statements_total"}
+        assert len(keys) <= 4 and "other" in keys
+        for (name, labels), value in previous.items():
+            if name.endswith(("_total", "_bucket", "_count")):
+                if (name, labels) in samples:
+                    assert samples[(name, labels)] >= value, (name, labels)
+                else:  # evicted: its series stops; what it counted stays counted
+                    gone[name] = gone.get(name, 0) + value
+        # Every call is counted once: in a live series, in "other", or in an evicted series.
+        for name in ("mysqlprobe_statements_total", "mysqlprobe_statement_latency_seconds_count"):
+            assert sum(v for (n, _), v in samples.items() if n == name) + gone.get(name, 0) == total_calls
+        previous = samples
+    late = {f"{k:016x}" for k in range(5, 10)}  # the hot set took over every series
+    members = keys - {"other"}
+    assert len(members) == 3 and members <= late
+    infos = [dict(ls) for (n, ls) in samples if n == "mysqlprobe_template_info"]
+    assert {i["key"] for i in infos} == members and all(len(i["template"]) <= 20 for i in infos)
+    assert series(samples, "mysqlprobe_template_series_evicted_total") >= 3
+    promtool_check(text)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MariaDB]:
+    db = MariaDB()
+    db.start()
+    workload.prepare_schema(db)
+    try:
+        yield db
+    finally:
+        db.destroy()
+
+
+def scrape(node: Node) -> str:
+    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        return str(resp.read().decode())
+
+
+def run_statements(server: MariaDB) -> None:
+    conn = pymysql.connect(host="127.0.0.1", port=server.port, user="root", database=workload.DB, autocommit=True)
+    with conn.cursor() as cur:
+        for i in range(60):
+            cur.execute(f"SELECT id, name FROM items WHERE id BETWEEN {i} AND {i + 5}")
+            cur.fetchall()
+            cur.execute(f"UPDATE items SET qty = qty + 1 WHERE id = {i + 1}")
+            cur.execute(f"SELECT COUNT(*) FROM items WHERE note LIKE '%{i}%'")  # no index
+            cur.fetchall()
+        for _ in range(4):
+            with pytest.raises(pymysql.err.ProgrammingError):
+                cur.execute("SELECT * FROM no_such_table WHERE id = 1")
+    conn.close()
+    workload.text_workload(server, rounds=10)
+
+
+@pytest.mark.mariadb
+@pytest.mark.live
+@pytest.mark.skipif(os.geteuid() != 0, reason="live capture on lo needs root")
+def test_live_slave_metrics_match_its_reports(server: MariaDB, tmp_path: Path) -> None:
+    config = {
+        "interval": 1,
+        "probe": {"device": "lo", "port": server.port, "workers": 2},
+        "prometheus": {"topn": 5, "templatelength": 40},
+    }
+    node = Node(tmp_path, config, name="promslave").start()
+    collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+    try:
+        run_statements(server)
+        # Wait for the workload's last statements to be reported, then scrape.
+        collector.wait_for(lambda c: len(c.reports) >= 3 and c.reports[-1]["totals"]["queries"] == 0, timeout=60)
+        text = scrape(node)
+        samples = parse(text)
+        published = int(series(samples, "mysqlprobe_reports_total"))
+        collector.wait_for(lambda c: c.reports and c.reports[-1]["seq"] >= published, timeout=30)
+        reports = [r for r in collector.reports if r["seq"] <= published]
+        assert [r["seq"] for r in reports] == list(range(1, published + 1)), "the subscriber missed a report"
+    finally:
+        collector.close()
+        node.stop()
+    promtool_check(text)
+
+    merged: dict[tuple[str, str, str], TemplateStats] = {}
+    for report in reports:
+        for entry in report["templates"]:
+            stats = TemplateStats.from_json(entry)
+            merged.setdefault(stats.ident, TemplateStats(*stats.ident, stats.template)).merge(stats)
+    # Every statement is in exactly one series: the top 5 or "other".
+    assert series(samples, "mysqlprobe_statements_total", key="other") > 0
+    assert sum(v for (n, _), v in samples.items() if n == "mysqlprobe_statements_total") == sum(
+        s.count for s in merged.values()
+    )
+    members = [dict(ls) for (n, ls) in samples if n == "mysqlprobe_statements_total" and dict(ls)["key"] != "other"]
+    assert len(members) == 5
+    # The workload's hottest templates have their own series, equal to the reports' sums.
+    checked = 0
+    for labels in members:
+        stats = merged[(labels["server"], labels["db"], labels["key"])]
+        ls = {k: labels[k] for k in ("server", "db", "key")}
+        assert series(samples, "mysqlprobe_statements_total", **ls) == stats.count
+        assert series(samples, "mysqlprobe_statement_errors_total", **ls) == stats.error_count
+        assert series(samples, "mysqlprobe_statement_rows_sent_total", **ls) == stats.rows_sent
+        assert series(samples, "mysqlprobe_statement_rows_affected_total", **ls) == stats.rows_affected
+        assert series(samples, "mysqlprobe_statement_no_index_used_total", **ls) == stats.no_index_used
+        assert series(samples, "mysqlprobe_statement_seconds_total", **ls) == pytest.approx(stats.latency_sum / 1e6)
+        assert series(samples, "mysqlprobe_statement_latency_seconds_count", **ls) == stats.count
+        assert series(samples, "mysqlprobe_statement_latency_seconds_bucket", le="+Inf", **ls) == stats.count
+        # The histogram is the sketch re-binned: the bucket where half the calls are reached
+        # holds the sketch's median (1% relative accuracy at the boundary).
+        median = stats.sketch.quantile(0.5)
+        assert median is not None
+        for bound in LATENCY_BUCKETS_S:
+            below = series(samples, "mysqlprobe_statement_latency_seconds_bucket", le=repr(bound), **ls)
+            if below >= stats.count / 2:
+                assert median / 1e6 <= bound * 1.01
+                break
+            assert median / 1e6 >= bound * 0.99
+        info = series(samples, "mysqlprobe_template_info", template=_cut(stats.template, 40), **ls)
+        assert info == 1
+        checked += 1
+    assert checked == 5
+    errors = sum(s.error_count for s in merged.values())
+    assert errors >= 4
+    assert series(samples, "mysqlprobe_error_codes_total", code="1146") == sum(
+        s.errors.get("1146", 0) for s in merged.values()
+    )
+    assert sum(s.no_index_used for s in merged.values()) >= 60
+    # Node health agrees with the reports and with /status.
+    for name in ("packets", "bytes", "dropped_kernel", "gaps"):
+        assert series(samples, f"mysqlprobe_capture_{name}_total") == sum(r["capture"].get(name, 0) for r in reports)
+    # A request and its response are two packets at least.
+    assert series(samples, "mysqlprobe_capture_packets_total") >= 2 * sum(r["totals"]["commands"] for r in reports)
+    assert series(samples, "mysqlprobe_queries_total") == sum(r["totals"]["queries"] for r in reports)
+    assert series(samples, "mysqlprobe_coverage_ratio") == reports[-1]["totals"]["coverage"]
+    assert series(samples, "mysqlprobe_role", role="slave") == 1
+    assert series(samples, "mysqlprobe_workers_alive") == 2
+    assert series(samples, "mysqlprobe_workers_restarted_total") == 0
+    assert series(samples, "mysqlprobe_subscribers") == 1
+    assert series(samples, "mysqlprobe_reports_published_total") >= published
+    assert series(samples, "mysqlprobe_reports_spooled") >= 1  # no master acknowledges them
+    assert series(samples, "mysqlprobe_build_info", version=__import__("mysqlprobe").__version__) == 1
+    assert series(samples, "mysqlprobe_queue_depth", queue="collector") >= 0
+
+
+def _cut(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def test_scrape_costs_little(tmp_path: Path) -> None:
+    """A scrape renders from accumulated counters: 100 series in well under a second."""
+    rng = random.Random(5)
+    metrics = NodeMetrics(topn=100, template_length=200, status=lambda: {}, version="0", git_hash="x")
+    for seq in range(5):
+        metrics.observe(synthetic_report(seq, {f"{k:016x}": 3 for k in range(300)}, rng))
+    started = time.perf_counter()
+    for _ in range(5):
+        metrics.exposition()
+    elapsed = (time.perf_counter() - started) / 5
+    assert elapsed < 0.5, elapsed
