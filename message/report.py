@@ -286,7 +286,7 @@ class SlowSamples:
         return len(self._heap)
 
 
-STATEMENT_COMMANDS = ("Query", "Execute", "Bulk Execute")
+STATEMENT_COMMANDS = ("Query", "Execute", "Bulk_execute")
 
 
 def report_totals(

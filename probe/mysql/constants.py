@@ -179,7 +179,7 @@ COMMANDS: dict[int, CommandSpec] = {
     Command.STMT_FETCH: CommandSpec("Fetch", Reply.ROWS),
     Command.BINLOG_DUMP_GTID: CommandSpec("Binlog Dump GTID", Reply.STREAM),
     Command.RESET_CONNECTION: CommandSpec("Reset Connection", Reply.STATUS),
-    Command.STMT_BULK_EXECUTE: CommandSpec("Bulk Execute", Reply.RESULT),
+    Command.STMT_BULK_EXECUTE: CommandSpec("Bulk_execute", Reply.RESULT),
 }
 
 #: Commands whose event carries a SQL template of their own.

@@ -119,8 +119,8 @@ def test_bulk_execute_is_one_statement_with_its_affected_rows(split: str) -> Non
     insert = template("INSERT INTO t (v, d) VALUES (?, ?)")
     assert [(e.command, e.template, e.rows_affected) for e in done] == [
         ("Prepare", "PREPARE " + insert, 0),
-        ("Bulk Execute", insert, 50),
-        ("Bulk Execute", insert, 7),
+        ("Bulk_execute", insert, 50),
+        ("Bulk_execute", insert, 7),
     ]
     assert done[1].params == ("v0", None)  # the first row, for samples
     assert done[2].params == ("v0", None)
