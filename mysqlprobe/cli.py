@@ -1,4 +1,5 @@
-"""Command line: ``mysqlprobe replay`` (offline) and ``mysqlprobe run`` (a node).
+"""Command line: ``mysqlprobe replay`` (offline), ``mysqlprobe run`` (a node) and
+``mysqlprobe check-config FILE``.
 
 Owns argument parsing, exit codes and user-facing error lines. Bad input is one line on
 stderr and exit code 2; a capture that is damaged part way still gets its report for what
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a node (slave, master or standby) from a configuration file")
     run.add_argument("-c", "--config", default="config.yaml", help="configuration file (default config.yaml)")
+
+    check = sub.add_parser("check-config", help="validate a configuration file and print it with secrets masked")
+    check.add_argument("file", help="configuration file")
     return parser
 
 
@@ -108,12 +112,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mysqlprobe.node import run_node
 
             return run_node(args.config)
+        if args.command == "check-config":
+            return _check_config(args.file)
         return _replay(args)
     except UsageError as exc:
         print(f"mysqlprobe: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+
+
+def _check_config(path: str) -> int:
+    from mysqlprobe.config import ConfigError, load_config
+    from mysqlprobe.config_check import effective_yaml
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"mysqlprobe: config error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    sys.stdout.write(effective_yaml(config))
+    return EXIT_OK
 
 
 def _replay(args: argparse.Namespace) -> int:
