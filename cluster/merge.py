@@ -69,6 +69,8 @@ class ReportMerger:
         self.totals: dict[str, Any] = {}
         self.capture: dict[str, Any] = {}
         self.heartbeat: dict[str, dict[str, Any]] = {}  # server -> the latest state reported
+        # Per (server, db, key) and slave: [calls, latency sum µs, errors] (the per-slave breakdown).
+        self.by_slave: dict[tuple[str, str, str], dict[str, list[int]]] = {}
         for state in self.slaves.values():
             state.reports = []
             state.missing = []
@@ -108,6 +110,11 @@ class ReportMerger:
                 if not entry.template:
                     entry.template = texts.get(entry.key, "")
         merge_templates(self.templates, entries)
+        for entry in entries:
+            slot = self.by_slave.setdefault(entry.ident, {}).setdefault(node, [0, 0, 0])
+            slot[0] += entry.count
+            slot[1] += entry.latency_sum
+            slot[2] += entry.error_count
         merge_templates(self.cumulative, entries)
         merge_totals(self.cumulative_totals, report.get("totals", {}))
         if not self.since_ns:
@@ -165,7 +172,7 @@ class ReportMerger:
             "interval": {"start_ns": start_ns, "end_ns": end_ns},
             "totals": totals,
             "capture": self.capture,
-            "templates": [t.to_json() for t in ordered],
+            "templates": [self._with_slaves(t) for t in ordered],
             "slow": [s.to_json() for s in self.slow.worst_first()],
             "slow_dropped": self.slow.dropped,
             "slaves": slaves,
@@ -179,6 +186,15 @@ class ReportMerger:
         }
         self._reset()
         return report
+
+    def _with_slaves(self, stats: TemplateStats) -> dict[str, Any]:
+        """A template's wire form with its per-slave breakdown (``slaves``)."""
+        entry = stats.to_json()
+        entry["slaves"] = {
+            node: {"count": n, "latency_us_sum": total, "errors": errors}
+            for node, (n, total, errors) in sorted(self.by_slave.get(stats.ident, {}).items())
+        }
+        return entry
 
     def forget(self, node: str) -> None:
         self.slaves.pop(node, None)
@@ -200,6 +216,7 @@ class ReportMerger:
                 "totals": self.totals,
                 "capture": self.capture,
                 "heartbeat": self.heartbeat,
+                "by_slave": [[*ident, slaves] for ident, slaves in self.by_slave.items()],
             },
             "cumulative": {
                 "templates": templates(self.cumulative),
@@ -232,6 +249,10 @@ class ReportMerger:
         self.totals = dict(interval["totals"])
         self.capture = dict(interval["capture"])
         self.heartbeat = dict(interval.get("heartbeat", {}))
+        self.by_slave = {
+            (str(server), str(db), str(key)): {str(node): [int(v) for v in slot] for node, slot in slaves.items()}
+            for server, db, key, slaves in interval.get("by_slave", [])
+        }
         cumulative = snapshot["cumulative"]
         self.cumulative = {}
         merge_templates(self.cumulative, [TemplateStats.from_json(t) for t in cumulative["templates"]])

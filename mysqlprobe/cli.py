@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--port", type=_port, action="append", help="server port (repeatable; default 3306)")
     replay.add_argument("--server", help="HOST:PORT of the server: only its traffic is analysed")
     replay.add_argument("--slow-ms", type=_non_negative_float, default=1000.0, help="slow sample threshold (ms)")
-    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.add_argument("--format", choices=("table", "json", "html"), default="table")
+    replay.add_argument("-o", "--output", help="write the report to this file instead of stdout")
     replay.add_argument("--top", type=_positive, default=20, help="templates listed in the table (default 20)")
     replay.add_argument("--details", type=int, default=3, help="templates printed in full (default 3)")
     replay.add_argument(
@@ -178,12 +179,24 @@ def _replay(args: argparse.Namespace) -> int:
     bar.close()
     doc = document(result)
     if args.format == "json":
-        json.dump(doc, sys.stdout, separators=(",", ":"))
-        sys.stdout.write("\n")
+        text = json.dumps(doc, separators=(",", ":")) + "\n"
+    elif args.format == "html":
+        from mysqlprobe.dashboard import report_html
+
+        text = report_html(doc)
     else:
         width = shutil.get_terminal_size((160, 24)).columns
-        sys.stdout.write(profile(doc, top=args.top, width=width, details=args.details))
-    sys.stdout.flush()
+        text = profile(doc, top=args.top, width=width, details=args.details)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            print(f"mysqlprobe: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
     if result.error:
         print(f"mysqlprobe: error: {result.error}", file=sys.stderr)
         return EXIT_BAD_INPUT

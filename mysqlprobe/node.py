@@ -34,6 +34,7 @@ from mysqlprobe import __version__
 from mysqlprobe.api import StoresAPI
 from mysqlprobe.clustering import Clustering
 from mysqlprobe.config import Config, ConfigError, load_config, state_dir
+from mysqlprobe.dashboard import Dashboard
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
 from mysqlprobe.logging_setup import configure as configure_logging
 from mysqlprobe.prometheus import NodeMetrics
@@ -196,6 +197,7 @@ class BaseNode:
         app.router.add_get("/metrics", self.metrics_text)
         self.clustering.routes(app)
         self.api.routes(app)
+        Dashboard(self.hub, f"mysqlprobe {self.name}").routes(app)
         return app
 
     async def run(self) -> None:

@@ -114,3 +114,19 @@ def test_snapshot_and_restore_resume_exactly() -> None:
     entry = next(t for t in resumed.cumulative_report()["templates"] if t["key"] == "0000000000000001")
     assert entry["count"] == 4 and entry["errors"] == {"1146": 1} and entry["latency_us"]["sum"] == 100
     assert drain(resumed)["templates"][0]["count"] == 2  # the interval resumed where it was
+
+
+def test_each_template_carries_its_per_slave_breakdown_across_a_checkpoint() -> None:
+    merger = ReportMerger()
+    assert merger.add(slave_report("s1", 1, [("0000000000000001", 1, [10, 20])])) == "merged"
+    resumed = ReportMerger()
+    resumed.restore(merger.snapshot())  # a master restarted mid-interval keeps the breakdown
+    assert resumed.add(slave_report("s2", 1, [("0000000000000001", 0, [5, 500]), ("0000000000000002", 0, [3])]))
+    report = drain(resumed)
+    by_key = {t["key"]: t["slaves"] for t in report["templates"]}
+    assert by_key["0000000000000001"] == {
+        "s1": {"count": 2, "latency_us_sum": 30, "errors": 1},
+        "s2": {"count": 2, "latency_us_sum": 505, "errors": 0},
+    }
+    assert by_key["0000000000000002"] == {"s2": {"count": 1, "latency_us_sum": 3, "errors": 0}}
+    assert drain(resumed)["templates"] == []  # the next interval starts empty

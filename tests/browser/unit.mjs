@@ -1,0 +1,35 @@
+// Runs the dashboard's pure scripts (snappy decoder, sketch model) under Node on cases a
+// Python test wrote (argv[2]), and prints what they computed, for the test to compare with
+// python-snappy and message.sketch. Used by tests/mysqlprobe/test_dashboard_js.py.
+import { readFileSync } from "node:fs";
+import { runInThisContext } from "node:vm";
+
+const web = new URL("../../mysqlprobe/web/", import.meta.url);
+for (const name of ["snappy.js", "model.js"]) runInThisContext(readFileSync(new URL(name, web), "utf8"), { filename: name });
+const MP = globalThis.MP;
+const cases = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const out = { snappy: [], quantiles: [], model: null };
+
+for (const c of cases.snappy) {
+  try {
+    const plain = MP.snappyDecode(Buffer.from(c.block, "base64"));
+    out.snappy.push({ ok: Buffer.from(plain).toString("base64") });
+  } catch (err) {
+    out.snappy.push({ error: String(err.message) });
+  }
+}
+for (const c of cases.quantiles) {
+  const sketch = MP.newSketch();
+  for (const part of c.parts) MP.addWireSketch(sketch, part);
+  out.quantiles.push(MP.quantiles(sketch, c.qs));
+}
+if (cases.reports) {
+  const model = new MP.Model({ windowS: cases.window_s });
+  const accepted = cases.reports.map((r) => model.add(r));
+  out.model = {
+    accepted,
+    rows: model.rows().map((r) => ({ key: r.key, db: r.db, server: r.server, count: r.count, errors: r.errors, p99: r.p99, share: r.share })),
+    frames: model.frames.length,
+  };
+}
+process.stdout.write(JSON.stringify(out));

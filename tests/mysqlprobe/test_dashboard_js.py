@@ -1,0 +1,123 @@
+"""The dashboard's own decoder and sketch arithmetic, run in Node against the Python side:
+the snappy blocks python-snappy writes (what /collector sends) and the quantiles
+``message.sketch`` computes, so the browser shows the numbers the report has."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import snappy
+
+from message import LatencySketch, encode
+from tests.support.browser import ROOT
+
+UNIT = ROOT / "tests" / "browser" / "unit.mjs"
+
+
+def run_node(cases: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    node = shutil.which("node")
+    assert node, "node is not installed (scripts/test.sh installs it)"
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(cases))
+    result = subprocess.run([node, str(UNIT), str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def test_snappy_decoder_reads_what_python_snappy_writes(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    report = {"templates": [{"key": f"{i:016x}", "template": "SELECT c FROM t WHERE id = ?" * 3} for i in range(500)]}
+    plains = [
+        b"",
+        b"x",
+        bytes(rng.randrange(256) for _ in range(100_000)),  # incompressible: long literals
+        b"abcd" * 50_000,  # long overlapping copies
+        bytes(rng.choice(b"ab") for _ in range(70_000)),  # short copies, 1-byte offsets
+        json.dumps(report).encode(),
+        "é€😀 ünïcode".encode() * 1000,
+    ]
+    blocks = [bytes(snappy.compress(p)) for p in plains]
+    blocks.append(encode(report))  # exactly a /collector message
+    plains.append(snappy.uncompress(blocks[-1]))
+    bad = [blocks[5][: len(blocks[5]) // 2], b"\xff\xff\xff\xff\xff\xff", blocks[3][:1] + b"\x05\xff\xff"]
+    cases = {"snappy": [{"block": base64.b64encode(b).decode()} for b in blocks + bad], "quantiles": []}
+    out = run_node(cases, tmp_path)["snappy"]
+    for plain, answer in zip(plains, out, strict=False):
+        assert base64.b64decode(answer["ok"]) == plain
+    for answer in out[len(plains) :]:
+        assert "error" in answer and answer["error"].startswith("snappy:")
+
+
+def test_quantiles_from_merged_buckets_equal_the_python_sketch(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    cases: dict[str, Any] = {"snappy": [], "quantiles": []}
+    expected = []
+    qs = [0.0, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0]
+    for size in (1, 2, 10, 1000, 20_000):
+        whole = LatencySketch()
+        parts = [LatencySketch() for _ in range(3)]
+        for i in range(size):
+            value = 0 if rng.random() < 0.02 else int(rng.lognormvariate(7, 1.5))
+            whole.add(value)
+            parts[i % 3].add(value)
+        cases["quantiles"].append({"parts": [p.to_json() for p in parts], "qs": qs})
+        expected.append(whole.quantiles(tuple(qs)))
+    out = run_node(cases, tmp_path)["quantiles"]
+    for ours, theirs in zip(out, expected, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a is None and b is None) or abs(a - b) <= 1e-9 * max(1.0, b), (ours, theirs)
+
+
+def test_model_merges_reports_once_and_sums_counts(tmp_path: Path) -> None:
+    def entry(key: str, count: int, values: list[int], errors: dict[str, int]) -> dict[str, Any]:
+        sketch = LatencySketch()
+        for v in values:
+            sketch.add(v)
+        return {
+            "key": key,
+            "server": "127.0.0.1:3306",
+            "db": "shop",
+            "template": f"SELECT {key}",
+            "count": count,
+            "commands": {"Query": count},
+            "errors": errors,
+            "latency_us": {"sum": sum(values), "min": min(values), "max": max(values), "sketch": sketch.to_json()},
+            "rows_sent": count,
+            "first_seen_ns": 1,
+            "last_seen_ns": 2,
+        }
+
+    second = 10**9
+    reports = []
+    for seq in range(1, 6):
+        start = 1_700_000_000 * second + seq * 10 * second
+        reports.append(
+            {
+                "kind": "interval",
+                "node": "n1",
+                "seq": seq,
+                "interval": {"start_ns": start, "end_ns": start + 10 * second},
+                "templates": [entry("a" * 16, 3, [100, 200, 300], {}), entry("b" * 16, 1, [5000], {"1146": 1})],
+                "totals": {"commands": 4},
+                "capture": {"packets": 10},
+                "slow": [],
+            }
+        )
+    reports.append(reports[2])  # a duplicate (same node and seq) is merged once
+    out = run_node({"snappy": [], "quantiles": [], "reports": reports, "window_s": 300}, tmp_path)["model"]
+    assert out["accepted"] == [True] * 5 + [False]
+    rows = {r["key"]: r for r in out["rows"]}
+    assert rows["a" * 16]["count"] == 15 and rows["b" * 16]["count"] == 5 and rows["b" * 16]["errors"] == 5
+    whole = LatencySketch()
+    for _ in range(5):
+        for v in (100, 200, 300):
+            whole.add(v)
+    assert abs(rows["a" * 16]["p99"] - (whole.quantile(0.99) or 0)) < 1e-6
+    assert abs(rows["b" * 16]["share"] - 25000 / (25000 + 3000)) < 1e-9

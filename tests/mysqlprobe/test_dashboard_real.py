@@ -1,0 +1,204 @@
+"""The live dashboard in real headless Chromium, over a real slave capturing a real workload
+against a throw-away MariaDB: the numbers on the page are the numbers of the slave's own
+/collector reports, the page follows the feed without a reload, a template opens, and a
+screenshot is not blank."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tests.support import workload
+from tests.support.browser import Browser, ink_fraction
+from tests.support.mariadb import MariaDB
+from tests.support.nodes import Collector, Node
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.live]
+if os.geteuid() != 0:  # pragma: no cover
+    pytestmark.append(pytest.mark.skip(reason="live capture on lo needs root"))
+
+SCREENSHOTS = Path(os.environ.get("MYSQLPROBE_SCREENSHOTS", "/tmp/mysqlprobe-screenshots"))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MariaDB]:
+    db = MariaDB()
+    db.start()
+    workload.prepare_schema(db)
+    try:
+        yield db
+    finally:
+        db.destroy()
+
+
+def totals(reports: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, int]]:
+    """Per (server, db, key): calls, errors and total time over the reports."""
+    out: dict[tuple[str, str, str], dict[str, int]] = {}
+    for report in reports:
+        for entry in report["templates"]:
+            slot = out.setdefault((entry["server"], entry["db"], entry["key"]), {"count": 0, "errors": 0, "sum": 0})
+            slot["count"] += entry["count"]
+            slot["errors"] += sum(entry["errors"].values())
+            slot["sum"] += entry["latency_us"]["sum"]
+    return out
+
+
+def run_workload(server: MariaDB, sleeps: int, lookups: int) -> None:
+    conn = server.connect(database=workload.DB, autocommit=True)
+    with conn.cursor() as cur:
+        for i in range(lookups):
+            cur.execute("SELECT name FROM items WHERE id = %s", (i % 500 + 1,))
+            cur.fetchall()
+        for _ in range(sleeps):
+            cur.execute("SELECT SLEEP(0.03), 'secret-literal'")
+            cur.fetchall()
+        for _ in range(3):
+            with contextlib.suppress(pymysql.err.ProgrammingError):  # the error is the point
+                cur.execute("SELECT * FROM no_such_table WHERE id = 1")
+    conn.close()
+
+
+def settle(collector: Collector) -> None:
+    """Wait until the reports that cover the workload have all arrived."""
+    time.sleep(1.5)
+    seen = len(collector.reports)
+    collector.wait_for(lambda c: len(c.reports) >= seen + 2)
+
+
+ROW = "document.querySelector('#templates tr.tpl')"
+COUNT_OF = (
+    "(k => {{ const r = document.querySelector(`#templates tr.tpl[data-key='${{k}}']`);"
+    " return r ? +r.querySelector('.col-count').textContent.replace(/,/g, '') : null; }})('{key}')"
+)
+
+
+def test_live_dashboard_follows_a_slave(server: MariaDB, tmp_path: Path) -> None:
+    config = {
+        "interval": 1,
+        "slowthresholdms": 20,
+        "redact": True,
+        "probe": {"device": "lo", "port": server.port, "workers": 1},
+    }
+    node = Node(tmp_path, config, "dash").start()
+    collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+    browser = Browser()
+    try:
+        # The page and its helper endpoints answer like the rest of the API.
+        with urllib.request.urlopen(node.url + "/", timeout=10) as resp:
+            html = resp.read().decode()
+            assert resp.headers["Content-Type"].startswith("text/html")
+        assert "MP.start()" in html and "<script src" not in html
+        assert "http://" not in html.replace("http://www.w3.org", "")  # nothing from the network
+        for path, code in [("/api/dashboard/template", 400), ("/api/dashboard/template?key=zz", 400)]:
+            assert node.request(path)[0] == code
+        assert node.request("/api/dashboard/template?key=ffffffffffffffff")[0] == 404
+
+        browser.goto(node.url + "/")
+        browser.wait("document.querySelector('#conn').textContent.startsWith('live')")
+        browser.eval("window.__noReload = 42")
+
+        # Phase 1: a workload whose top template by load is the SLEEP.
+        run_workload(server, sleeps=20, lookups=200)
+        settle(collector)
+        sums = totals(collector.reports)
+        top = max(sums, key=lambda k: sums[k]["sum"])
+        _, db, key = top
+        assert db == workload.DB and sums[top]["count"] == 20
+        browser.wait(f"{ROW} && {ROW}.dataset.key === '{key}'", 30)
+        browser.wait(f"{COUNT_OF.format(key=key)} === {sums[top]['count']}", 30)
+        lookup = next(k for k in sums if k[1] == db and k[2] != key and sums[k]["count"] == 200)
+        browser.wait(f"{COUNT_OF.format(key=lookup[2])} === 200", 30)
+        failing = next(k for k in sums if sums[k]["errors"])
+        assert sums[failing]["errors"] == 3
+        errors = browser.eval(
+            f"+document.querySelector(`#templates tr.tpl[data-key='{failing[2]}'] .col-errors`).textContent"
+        )
+        assert errors == 3
+
+        # Phase 2: more of the same, shown without a reload.
+        run_workload(server, sleeps=10, lookups=0)
+        settle(collector)
+        sums = totals(collector.reports)
+        assert sums[top]["count"] == 30
+        browser.wait(f"{COUNT_OF.format(key=key)} === 30", 30)
+        assert browser.eval("window.__noReload") == 42
+        assert browser.eval("performance.getEntriesByType('navigation').length") == 1
+
+        # Capture health and cluster are on the page.
+        assert browser.eval("document.querySelector('#h-drops').textContent") == "kernel/interface drops 0"
+        assert "coverage" in browser.eval("document.querySelector('#h-coverage').textContent")
+        assert node.config["node"] in browser.eval("document.querySelector('#cluster').textContent")
+        assert "role slave" in browser.eval("document.querySelector('#node-info').textContent")
+
+        # Filters: by text, by database.
+        browser.call("fill", selector="#f-text", value="no_such_table")
+        assert browser.eval("Array.from(document.querySelectorAll('#templates tr.tpl')).map(r => r.dataset.key)") == [
+            failing[2]
+        ]
+        browser.call("fill", selector="#f-text", value="")
+        browser.call("select", selector="#f-db", value=workload.DB)
+        dbs = browser.eval(
+            "Array.from(document.querySelectorAll('#templates tr.tpl .meta')).map(m => m.textContent.split(' · ')[1])"
+        )
+        assert dbs and set(dbs) == {workload.DB}
+
+        shot = SCREENSHOTS / "live-table.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        browser.call("screenshot", path=str(shot))
+        assert ink_fraction(shot) > 0.05, "the dashboard screenshot is blank"
+
+        # The template detail: pretty text from the node, the distribution, samples redacted.
+        browser.call("click", selector=f"#templates tr.tpl[data-key='{key}']")
+        browser.wait(f"(document.querySelector('#detail-key') || {{}}).textContent === '{key}'")
+        browser.wait("document.querySelector('#pretty').textContent.includes('\\n')", 20)
+        pretty = browser.eval("document.querySelector('#pretty').textContent")
+        assert pretty.startswith("SELECT SLEEP(?)") and "\n" in pretty
+        assert browser.eval("document.querySelectorAll('#detail svg.histogram rect.bar').length") > 0
+        stats = browser.eval(
+            "Object.fromEntries(Array.from(document.querySelectorAll('#detail-stats tr'))"
+            ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))"
+        )
+        assert stats["calls"] == "30"
+        samples = browser.eval("Array.from(document.querySelectorAll('#samples tr')).slice(1).map(r => r.innerText)")
+        assert samples and all("SLEEP(?)" in s and "secret-literal" not in s for s in samples)
+        assert all("root" in s for s in samples)
+        shot = SCREENSHOTS / "live-detail.png"
+        browser.call("screenshot", path=str(shot))
+        assert ink_fraction(shot) > 0.05
+
+        # Errors by code, with the message of a sample when one was kept.
+        browser.call("click", selector="#close")
+        browser.call("fill", selector="#f-text", value="no_such_table")
+        browser.call("click", selector=f"#templates tr.tpl[data-key='{failing[2]}']")
+        browser.wait("document.querySelector('#errors') !== null")
+        assert "1146" in browser.eval("document.querySelector('#errors').textContent")
+        assert "ER_NO_SUCH_TABLE" in browser.eval("document.querySelector('#errors').textContent")
+        assert browser.problems() == {"problems": [], "blocked": []}
+    finally:
+        browser.close()
+        collector.close()
+        node.stop()
+
+
+def test_dashboard_endpoints_answer_before_the_first_report(tmp_path: Path, server: MariaDB) -> None:
+    node = Node(tmp_path, {"interval": 60, "probe": {"device": "lo", "port": server.port, "workers": 1}}).start()
+    try:
+        with urllib.request.urlopen(node.url + "/api/dashboard/last", timeout=10) as resp:
+            assert json.loads(resp.read()) is None
+        try:
+            urllib.request.urlopen(node.url + "/api/dashboard/template?key=0123456789abcdef", timeout=10)
+            raise AssertionError("expected 404")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and "no template" in json.loads(exc.read())["error"]
+    finally:
+        node.stop()
