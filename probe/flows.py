@@ -3,9 +3,13 @@
 Owns which connections exist, their byte streams in order, and the losses in them. Each
 direction is a ``HalfStream`` that maps 32-bit sequence numbers to 64-bit stream offsets,
 delivers in-order bytes at once, trims retransmissions, holds out-of-order segments (a
-bounded number of bytes) and declares a gap when the bytes cannot come any more: when the
-peer acknowledged them (the receiver got them, we did not), when the out-of-order buffer
-is full, or at teardown. Gaps go to the MySQL conversation, which resynchronises.
+bounded number of bytes, each with its own capture time) and declares a gap when the
+bytes cannot come any more: when the out-of-order buffer is full, at teardown, or when the
+peer acknowledged them (the receiver got them, we did not). An acknowledgement may be
+captured before the data it covers (captures on ``any``, bonded NICs, SPAN ports, merged
+files), so the connection then waits a small reordering window (``reorder_packets``,
+``reorder_ns``): the other direction's segments are held in capture order and processed
+after the awaited bytes, or after the gap if they do not come.
 
 Sans-I/O: ``FlowTable.segment(ts_ns, segment)`` and ``expire(now_ns)`` are all there is;
 events come back through the ``on_events`` callback given at construction.
@@ -29,6 +33,8 @@ _HALF = 0x80000000
 DEFAULT_MAX_CONNECTIONS = 20_000
 DEFAULT_MAX_OOO_BYTES = 1 << 20
 DEFAULT_HALF_CLOSED_TIMEOUT_NS = 60 * 1_000_000_000
+DEFAULT_REORDER_PACKETS = 16
+DEFAULT_REORDER_NS = 10_000_000
 
 
 @dataclass
@@ -58,7 +64,8 @@ class HalfStream:
         self.started = False
         self.next_seq = 0
         self.offset = 0  # stream offset of next_seq
-        self.ooo: dict[int, bytes] = {}  # stream offset -> bytes held out of order
+        # stream offset -> (capture time, bytes) held out of order
+        self.ooo: dict[int, tuple[int, bytes]] = {}
         self.ooo_bytes = 0
         self.fin = False
 
@@ -74,8 +81,20 @@ class HalfStream:
         self.next_seq = (self.next_seq + size) & _MASK
 
 
+class AckedUnseen:
+    """A connection waiting for bytes its peer acknowledged before the capture showed them."""
+
+    __slots__ = ("direction", "held", "since_ns", "upto")
+
+    def __init__(self, direction: int, upto: int, since_ns: int) -> None:
+        self.direction = direction  # the direction whose bytes are awaited
+        self.upto = upto  # stream offset acknowledged
+        self.since_ns = since_ns
+        self.held: list[tuple[int, Segment]] = []  # the other direction's segments, in capture order
+
+
 class Connection:
-    __slots__ = ("client", "conv", "halves", "last_ns", "server")
+    __slots__ = ("client", "conv", "halves", "last_ns", "server", "waiting")
 
     def __init__(self, client: str, server: str, conv: Conversation, now_ns: int) -> None:
         self.client = client
@@ -83,6 +102,7 @@ class Connection:
         self.conv = conv
         self.halves = (HalfStream(), HalfStream())  # indexed by direction
         self.last_ns = now_ns
+        self.waiting: AckedUnseen | None = None
 
 
 def endpoint(addr: Address, port: int) -> str:
@@ -96,6 +116,11 @@ class FlowLimits:
     max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES
     half_closed_timeout_ns: int = DEFAULT_HALF_CLOSED_TIMEOUT_NS
     idle_timeout_ns: int = 0  # 0: open connections never expire by time alone
+    reorder_packets: int = DEFAULT_REORDER_PACKETS
+    """Segments held while waiting for acknowledged bytes the capture has not shown; when
+    more come, the awaited bytes are declared lost."""
+    reorder_ns: int = DEFAULT_REORDER_NS
+    """The same window in capture time; whichever ends first declares the gap."""
     conversation: ConversationLimits = field(default_factory=ConversationLimits)
 
 
@@ -134,7 +159,8 @@ class FlowTable:
 
     # -- per segment --------------------------------------------------------------------------
 
-    def segment(self, ts: int, seg: Segment) -> None:
+    def segment(self, ts: int, seg: Segment, *, replay: bool = False) -> None:
+        """One TCP segment (``replay``: a segment held while waiting, processed now)."""
         src, dst, sport, dport, seq, ack, flags, payload = seg
         server_ips = self.server_ips
         if dport in self.ports and (server_ips is None or dst in server_ips):
@@ -146,7 +172,8 @@ class FlowTable:
         else:
             self.counters.other_ports += 1
             return
-        self.tcp_segments += 1
+        if not replay:
+            self.tcp_segments += 1
         conn = self.table.get(key)
         if flags & TCP_SYN:
             conn = self._syn(ts, key, direction, seq, flags, conn)
@@ -155,6 +182,10 @@ class FlowTable:
                 return  # a bare ACK/FIN/RST: the tail of a connection we never saw or closed
             conn = self._open(ts, key, from_start=False)
         conn.last_ns = ts
+        waiting = conn.waiting
+        if waiting is not None and direction != waiting.direction:
+            self._hold(ts, conn, seg)
+            return
         half = conn.halves[direction]
         other = conn.halves[1 - direction]
         ack_off = None
@@ -163,9 +194,15 @@ class FlowTable:
                 other.start(ack)  # the peer's next byte is the one this side expects
             if not other.fin:
                 ack_off = other.offset + (((ack - other.next_seq + _HALF) & _MASK) - _HALF)
-                if ack_off > other.offset:
-                    # The peer has acknowledged bytes we never saw: they cannot come now.
-                    self._declare_gap(ts, conn, 1 - direction, other, ack_off)
+                if ack_off > other.offset and waiting is None:
+                    # The peer has acknowledged bytes we have not seen: lost, unless they
+                    # arrive within the reordering window. This segment waits with the rest.
+                    if flags & TCP_RST:
+                        self._declare_gap(ts, conn, 1 - direction, other, ack_off)
+                    else:
+                        conn.waiting = AckedUnseen(1 - direction, ack_off, ts)
+                        self._hold(ts, conn, seg)
+                        return
         if payload:
             if not half.started:
                 half.start(seq)
@@ -177,8 +214,42 @@ class FlowTable:
                     self.on_events(events)
             else:
                 self._irregular(ts, conn, direction, half, seq, payload, ack_off)
+            if waiting is not None:
+                if half.offset >= waiting.upto:
+                    self._release(ts, conn, lost=False)  # the awaited bytes came
+                elif half.ooo and max(half.ooo) >= waiting.upto:
+                    self._release(ts, conn, lost=True)  # bytes after them came first: lost
         if flags & (TCP_FIN | TCP_RST):
             self._teardown(ts, key, conn, direction, half, flags)
+
+    def _hold(self, ts: int, conn: Connection, seg: Segment) -> None:
+        """Keep a segment of the direction that acknowledged unseen bytes; end the wait when
+        the window is over."""
+        waiting = conn.waiting
+        assert waiting is not None
+        waiting.held.append((ts, seg))
+        if len(waiting.held) > self.limits.reorder_packets or ts - waiting.since_ns > self.limits.reorder_ns:
+            self._release(ts, conn, lost=True)
+
+    def _release(self, ts: int, conn: Connection, *, lost: bool, closing: bool = False) -> None:
+        """End a wait: declare the awaited bytes lost (``lost``), then process the held
+        segments in capture order (without FIN/RST when the connection is ``closing``)."""
+        waiting = conn.waiting
+        if waiting is None:
+            return
+        conn.waiting = None
+        direction = waiting.direction
+        half = conn.halves[direction]
+        if lost:
+            self._declare_gap(ts, conn, direction, half, waiting.upto, drain=False)
+        # The awaited direction's bytes after the gap and the held segments go to the
+        # conversation in capture order, as they were sent.
+        for held_ns, seg in waiting.held:
+            self._drain(ts, conn, direction, half, until_ns=held_ns)
+            if closing:
+                seg = (*seg[:6], seg[6] & ~(TCP_FIN | TCP_RST | TCP_SYN), seg[7])
+            self.segment(held_ns, seg, replay=True)
+        self._drain(ts, conn, direction, half)
 
     def _syn(
         self,
@@ -234,9 +305,9 @@ class FlowTable:
             return
         if off > half.offset:
             held = half.ooo.get(off)
-            if held is None or len(held) < len(payload):
-                half.ooo_bytes += len(payload) - (len(held) if held is not None else 0)
-                half.ooo[off] = payload
+            if held is None or len(held[1]) < len(payload):
+                half.ooo_bytes += len(payload) - (len(held[1]) if held is not None else 0)
+                half.ooo[off] = (ts, payload)
             self.counters.out_of_order += 1
             if half.ooo_bytes > self.limits.max_ooo_bytes:
                 self.counters.ooo_overflows += 1
@@ -249,21 +320,24 @@ class FlowTable:
         self._feed(ts, conn, direction, payload, ack_off)
         self._drain(ts, conn, direction, half)
 
-    def _drain(self, ts: int, conn: Connection, direction: int, half: HalfStream) -> None:
-        """Deliver held segments that have become contiguous."""
+    def _drain(self, ts: int, conn: Connection, direction: int, half: HalfStream, until_ns: int | None = None) -> None:
+        """Deliver held segments that have become contiguous, each at its own capture time
+        (only those captured by ``until_ns``, when given)."""
         while half.ooo:
             start = min(half.ooo)
-            if start > half.offset:
+            if start > half.offset or (until_ns is not None and half.ooo[start][0] > until_ns):
                 return
-            data = half.ooo.pop(start)
+            held_ns, data = half.ooo.pop(start)
             half.ooo_bytes -= len(data)
             if start + len(data) <= half.offset:
                 continue
             data = data[half.offset - start :]
             half.advance(len(data))
-            self._feed(ts, conn, direction, data, None)
+            self._feed(held_ns, conn, direction, data, None)
 
-    def _declare_gap(self, ts: int, conn: Connection, direction: int, half: HalfStream, upto: int) -> None:
+    def _declare_gap(
+        self, ts: int, conn: Connection, direction: int, half: HalfStream, upto: int, *, drain: bool = True
+    ) -> None:
         if half.ooo:
             upto = min(upto, min(half.ooo))
         size = upto - half.offset
@@ -275,7 +349,8 @@ class FlowTable:
         events = conn.conv.gap(ts, direction, size)
         if events:
             self.on_events(events)
-        self._drain(ts, conn, direction, half)
+        if drain:
+            self._drain(ts, conn, direction, half)
 
     def _feed(self, ts: int, conn: Connection, direction: int, data: bytes, ack_off: int | None) -> None:
         events = conn.conv.feed(ts, direction, data, ack_off)
@@ -303,9 +378,10 @@ class FlowTable:
     # -- lifetime -------------------------------------------------------------------------------
 
     def _close(self, ts: int, key: tuple[Address, int, Address, int], conn: Connection, reason: str) -> None:
+        self._release(ts, conn, lost=True, closing=True)
         for direction, half in enumerate(conn.halves):
             if half.ooo:
-                self._declare_gap(ts, conn, direction, half, max(o + len(d) for o, d in half.ooo.items()))
+                self._declare_gap(ts, conn, direction, half, max(o + len(d) for o, (_, d) in half.ooo.items()))
         events = conn.conv.close(ts, reason)
         if events:
             self.on_events(events)
@@ -328,6 +404,8 @@ class FlowTable:
         half_closed = now_ns - self.limits.half_closed_timeout_ns
         idle = now_ns - self.limits.idle_timeout_ns if self.limits.idle_timeout_ns else None
         for key, conn in list(self.table.items()):
+            if conn.waiting is not None and now_ns - conn.waiting.since_ns > self.limits.reorder_ns:
+                self._release(now_ns, conn, lost=True)
             closing = conn.halves[0].fin or conn.halves[1].fin
             if (closing and conn.last_ns < half_closed) or (idle is not None and conn.last_ns < idle):
                 self._close(now_ns, key, conn, "expired")
