@@ -1,0 +1,119 @@
+"""The examples work as their comments say: the subscriber prints a live slave's templates,
+the systemd units pass ``systemd-analyze verify`` without a warning, the example
+configurations pass ``check-config``, and the Containerfile copies what exists."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from tests.support.mariadb import running_mariadb
+from tests.support.nodes import ROOT, Collector, Node
+
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.mark.mariadb
+@pytest.mark.live
+@pytest.mark.skipif(os.geteuid() != 0, reason="live capture on lo needs root")
+def test_subscriber_prints_templates_as_reports_arrive(tmp_path: Path) -> None:
+    with running_mariadb() as server:
+        node = Node(tmp_path, {"interval": 1, "probe": {"device": "lo", "port": server.port, "workers": 1}}).start()
+        url = f"ws://127.0.0.1:{node.port}/collector"
+        collector = Collector(url)
+        out = tmp_path / "subscriber.out"
+        with open(out, "wb") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, str(EXAMPLES / "subscriber.py"), url], stdout=sink, stderr=subprocess.STDOUT
+            )
+        try:
+            time.sleep(1.5)  # subscribed before the workload starts
+            conn = pymysql.connect(host="127.0.0.1", port=server.port, user="root", autocommit=True)
+            with conn.cursor() as cur:
+                for i in range(37):
+                    cur.execute(f"SELECT {i} + 1 AS answer_column")
+            conn.close()
+            collector.wait_for(
+                lambda c: (
+                    any(t["template"].startswith("SELECT ? + ?") for r in c.reports for t in r["templates"])
+                    and c.reports[-1]["totals"]["queries"] == 0
+                ),
+                timeout=30,
+            )
+            time.sleep(0.5)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            collector.close()
+            node.stop()
+    lines = [line for line in out.read_text().splitlines() if "SELECT ? + ? AS answer_column" in line]
+    assert lines, out.read_text()[-2000:]
+    printed = sum(int(line.split()[2]) for line in lines)
+    reported = sum(
+        t["count"] for r in collector.reports for t in r["templates"] if t["template"].startswith("SELECT ? + ?")
+    )
+    assert printed == reported == 37
+
+
+def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing (Debian package systemd)"
+    mysqlprobe = shutil.which("mysqlprobe") or ""
+    assert mysqlprobe, "mysqlprobe is not installed on PATH"
+    units = []
+    for name in ("mysqlprobe-slave.service", "mysqlprobe-master.service"):
+        text = (EXAMPLES / "systemd" / name).read_text()
+        # verify checks that ExecStart exists: point it at this machine's mysqlprobe
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/mysqlprobe", str(Path(mysqlprobe).resolve())))
+        units.append(str(tmp_path / name))
+    result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr  # an unknown or misspelt key is only a warning
+    slave = (EXAMPLES / "systemd" / "mysqlprobe-slave.service").read_text()
+    master = (EXAMPLES / "systemd" / "mysqlprobe-master.service").read_text()
+    assert "AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN" in slave
+    for unit in (slave, master):
+        assert re.search(r"^User=mysqlprobe$", unit, re.M) and "ProtectSystem=strict" in unit
+        assert "NoNewPrivileges=yes" in unit and "StateDirectory=mysqlprobe/" in unit
+    assert re.search(r"^CapabilityBoundingSet=$", master, re.M)
+
+
+@pytest.mark.parametrize("name", ["slave.yaml", "master.yaml"])
+def test_example_configs_pass_check_config_and_use_the_state_directory(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mysqlprobe.cli", "check-config", str(EXAMPLES / "systemd" / name)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    role = name.removesuffix(".yaml")
+    unit = (EXAMPLES / "systemd" / f"mysqlprobe-{role}.service").read_text()
+    assert f"statedir: /var/lib/mysqlprobe/{role}" in result.stdout  # ProtectSystem=strict: only it is writable
+    assert f"StateDirectory=mysqlprobe/{role}" in unit and f"/etc/mysqlprobe/{name}" in unit
+
+
+def test_containerfile_copies_what_exists_and_runs_unprivileged() -> None:
+    text = (EXAMPLES / "Containerfile").read_text()
+    instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    assert instructions[0][0] == "FROM"
+    for verb, rest in instructions:
+        if verb == "COPY":
+            for source in rest.split()[:-1]:
+                assert (ROOT / source).exists(), source
+    users = [rest for verb, rest in instructions if verb == "USER"]
+    assert users == ["mysqlprobe"]
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {name for name in setup["packages"] if "." not in name}
+    copied = {rest.split()[0] for verb, rest in instructions if verb == "COPY"}
+    assert packages <= copied  # every package the wheel needs is in the build context
