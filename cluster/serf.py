@@ -140,15 +140,17 @@ class SerfAgent:
         self.start()
         return True
 
-    def _cli(self, *args: str, timeout: float = 5.0) -> str:
+    def _cli(self, command: str, *args: str, timeout: float = 5.0) -> str:
+        # The serf CLI stops reading flags at the first positional argument (``join ADDR``):
+        # the RPC address goes right after the subcommand.
         try:
             result = subprocess.run(
-                [SERF, *args, f"-rpc-addr={self.rpc}"], capture_output=True, text=True, timeout=timeout
+                [SERF, command, f"-rpc-addr={self.rpc}", *args], capture_output=True, text=True, timeout=timeout
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SerfError(f"serf {args[0]}: {exc}") from None
+            raise SerfError(f"serf {command}: {exc}") from None
         if result.returncode != 0:
-            raise SerfError(f"serf {args[0]}: {(result.stderr or result.stdout).strip()}")
+            raise SerfError(f"serf {command}: {(result.stderr or result.stdout).strip()}")
         return result.stdout
 
     def members(self) -> list[Member]:

@@ -118,10 +118,16 @@ class TemplateStats:
         if not self.template and other.template:
             self.template = other.template
 
+    def quantiles(self, qs: tuple[float, ...] = QUANTILES) -> list[float | None]:
+        """The sketch's quantile estimates clamped into [min, max]: the sketch's 1% relative
+        error must never put a median below the minimum seen."""
+        low, high = self.latency_min, self.latency_max
+        return [None if q is None else float(min(max(q, low), high)) for q in self.sketch.quantiles(qs)]
+
     def to_json(self, *, with_template: bool = True, quantiles: bool = True) -> dict[str, Any]:
         """The wire form; ``quantiles=False`` skips computing p50..p999 (the sketch carries
         them anyway), for checkpoints."""
-        p50, p95, p99, p999 = self.sketch.quantiles(QUANTILES) if quantiles else (None, None, None, None)
+        p50, p95, p99, p999 = self.quantiles() if quantiles else (None, None, None, None)
         out: dict[str, Any] = {
             "key": self.key,
             "server": self.server,

@@ -71,10 +71,12 @@ def _escape(text: str) -> str:
 
 
 def pretty(template: str) -> str:
-    """A template laid out for reading (keywords upper-cased, clauses on their own lines)."""
+    """A template laid out for reading, clauses on their own lines. Case is left alone: the
+    normalizer upper-cased the keywords already, and identifiers that happen to be keywords
+    (`day`, `data`) keep their spelling."""
     if len(template) > PRETTY_MAX_CHARS:
         return template
-    return str(sqlparse.format(template, reindent=True, keyword_case="upper"))
+    return str(sqlparse.format(template, reindent=True))
 
 
 def report_html(doc: dict[str, Any]) -> str:

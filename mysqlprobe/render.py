@@ -77,6 +77,6 @@ def profile(doc: dict[str, Any], *, top: int, width: int, details: int = 3) -> s
             f"#   rows sent {entry['rows_sent']:,}, rows affected {entry['rows_affected']:,}, "
             f"bytes in {entry['bytes_in']:,}, out {entry['bytes_out']:,}, no index used {entry['no_index_used']:,}"
             + (f", errors {entry['errors']}" if entry["errors"] else ""),
-            sqlparse.format(entry["template"], reindent=True, keyword_case="upper"),
+            sqlparse.format(entry["template"], reindent=True),
         ]
     return "\n".join(lines) + "\n"

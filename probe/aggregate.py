@@ -96,6 +96,10 @@ class Aggregator:
                 stats.latency_min = latency
             elif latency > stats.latency_max:
                 stats.latency_max = latency
+            # Statements end in another order than they start (connections interleave):
+            # first_seen is the earliest start, whatever the order events come in.
+            if start_ns < stats.first_seen_ns:
+                stats.first_seen_ns = start_ns
         else:
             stats.latency_min = stats.latency_max = latency
             stats.first_seen_ns = start_ns
@@ -109,7 +113,8 @@ class Aggregator:
         stats.rows_affected += rows_affected
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
-        stats.last_seen_ns = end_ns
+        if end_ns > stats.last_seen_ns:
+            stats.last_seen_ns = end_ns
         if status & SERVER_QUERY_NO_INDEX_USED:
             stats.no_index_used += 1
         if status & SERVER_QUERY_NO_GOOD_INDEX_USED:

@@ -13,6 +13,7 @@ missing=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 [ -e /usr/include/pcap.h ] || missing+=(libpcap-dev)
+command -v serf >/dev/null 2>&1 || missing+=(serf)  # gossip membership (cluster/serf.py)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # promtool checks /metrics
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # the dashboard's browser tests
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)

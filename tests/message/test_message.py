@@ -118,3 +118,18 @@ def test_codec_refuses_oversized_messages_before_inflating() -> None:
     data = encode({"blob": "x" * 100_000})
     with pytest.raises(CodecError, match="exceeds"):
         decode(data, max_size=1000)
+
+
+def test_quantiles_are_clamped_into_min_and_max() -> None:
+    stats = TemplateStats("10.0.0.1:3306", "shop", "00000000000000aa", "SELECT ?")
+    stats.latency_min = stats.latency_max = 1000
+    stats.count = 500
+    for _ in range(500):
+        stats.sketch.add(1000)
+    raw = stats.sketch.quantile(0.5)
+    assert raw is not None and raw != 1000  # the sketch alone answers ~1% off
+    latency = stats.to_json()["latency_us"]
+    assert latency["p50"] == latency["p95"] == latency["p99"] == latency["p999"] == 1000
+    stats.latency_max = 2000
+    stats.sketch.add(2000)
+    assert all(1000 <= q <= 2000 for q in stats.quantiles() if q is not None)
