@@ -289,7 +289,11 @@ class Responses(Requests):
         phase = self.phase
         if phase == AUTH or phase == GREETING:
             if end <= n:
-                self._login_packet(ts, data[pos + 4 : end], 4 + length)
+                try:
+                    self._login_packet(ts, data[pos + 4 : end], 4 + length)
+                except p.BAD_BYTES as exc:
+                    self._server_garbage(ts, str(exc))
+                    return False
             return True
         if phase == COMMANDS or phase == UNSYNCED:
             return self._unsolicited(ts, data, pos, n, length)
