@@ -74,8 +74,9 @@ class ProbeConfig:
     """Capture devices, comma-separated: ``any``, ``lo``, ``eth0,eth1`` ..."""
     port: int = field(default=3306, metadata={"check": _check_port})
     """MySQL server port to watch."""
-    snappylength: int = field(default=65535, metadata={"check": _check_positive})
-    """Snap length: bytes captured per packet."""
+    snappylength: int = field(default=262144, metadata={"check": _check_positive})
+    """Snap length: bytes captured per packet (as tcpdump's default: lo and GSO/GRO-enabled
+    NICs hand over segments of up to 64 KiB and more, which a 65535 snap length cuts)."""
     workers: int = field(default=2, metadata={"check": _check_positive})
     """Worker processes; the kernel shards connections over them (PACKET_FANOUT_HASH)."""
     buffermb: int = field(default=64, metadata={"check": _check_positive})

@@ -181,7 +181,7 @@ class LiveCapture:
         ports: frozenset[int] | set[int] | None = None,
         *,
         bpf: str | None = None,
-        snaplen: int = 65535,
+        snaplen: int = 262144,
         buffer_bytes: int = 32 << 20,
         immediate: bool = True,
         timeout_ms: int = 100,
