@@ -8,6 +8,13 @@ bundled libpcap never times out a blocking read on an idle link), so an idle wor
 answers. At the end of each interval the parent asks every worker to drain; the answers
 (its statistics for the interval, capture counter deltas, pcap drop counters) are merged
 into the slave report by the caller. A worker that dies is restarted and counted.
+
+Each drain request carries an id and the interval's end (``end_ns``). A worker cuts its
+packets there by packet timestamp: what it reads after the request arrives but was captured
+before ``end_ns`` still belongs to that interval, what was captured later waits for the next
+drain. So a worker that was late (stalled, or busy with a backlog) still answers every
+request with exactly its interval's statements, and the parent files an answer that comes
+after its deadline under its own request id (``late``), never under the next interval.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import multiprocessing
 import os
 import select
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -29,6 +37,8 @@ from probe.engine import Engine, EngineConfig
 #: Batches read from one handle before the control pipe is looked at again.
 _BATCHES_PER_TURN = 32
 _BATCH = 256
+#: Added to the handle's buffer timeout before an empty read counts as "nothing older left".
+_SETTLE_MARGIN_NS = 30_000_000
 
 
 @dataclass
@@ -49,6 +59,7 @@ class WorkerSettings:
 
 @dataclass
 class WorkerInterval:
+    request: int
     index: int
     pid: int
     templates: list[TemplateStats]
@@ -79,23 +90,18 @@ def worker_main(index: int, settings: WorkerSettings, control: Connection) -> No
         return
     engine = Engine(settings.engine, captures[0].linktype)
     control.send(("ready", os.getpid()))
-    previous: dict[str, Any] = {}
+    # The kernel hands a block of packets over when it is full or after the handle's timeout.
+    settle_ns = max(c.timeout_ms for c in captures) * 1_000_000 + _SETTLE_MARGIN_NS
+    cutter = _DrainCutter(index, engine, captures, control, settle_ns)
     fds: list[Any] = [c.fileno() for c in captures] + [control]
-    batches = 0
     while True:
         try:
-            select.select(fds, [], [], 0.5)
+            select.select(fds, [], [], 0.02 if cutter.pending else 0.5)
         except InterruptedError:
             continue
-        for capture in captures:
-            for _ in range(_BATCHES_PER_TURN):
-                buffer, meta = capture.read_batch(_BATCH)
-                if not meta:
-                    break
-                batches += 1
-                engine.batch(buffer, meta, capture.linktype)
         if os.getppid() != settings.parent_pid:
             return  # orphaned: the slave is gone
+        # Requests first: a drain must be known before the packets after its end are fed.
         while control.poll():
             try:
                 message = control.recv()
@@ -103,8 +109,7 @@ def worker_main(index: int, settings: WorkerSettings, control: Connection) -> No
                 return
             kind = message[0]
             if kind == "drain":
-                engine.tick(time.time_ns())
-                previous = _drain(index, engine, captures, previous, control, batches)
+                cutter.pending.append((message[1], message[2]))
             elif kind == "sessions":
                 engine.learn_sessions(message[1])
             elif kind == "restore":
@@ -115,9 +120,102 @@ def worker_main(index: int, settings: WorkerSettings, control: Connection) -> No
                 for capture in captures:
                     capture.close()
                 return
+        cutter.turn()
+
+
+#: A batch as read from a handle: (buffer, 16-byte meta records).
+Batch = tuple[bytes, bytes]
+_META = struct.Struct("IIII")
+
+
+def _ts(meta: bytes, position: int) -> int:
+    sec, usec = _META.unpack_from(meta, position * _META.size)[:2]
+    return int(sec) * 1_000_000_000 + int(usec) * 1000
+
+
+def _repack(buffer: bytes, meta: bytes, first: int, last: int) -> Batch:
+    """Packets ``first`` to ``last - 1`` of a batch as a batch of their own."""
+    parts: list[bytes] = []
+    records: list[bytes] = []
+    offset = 0
+    for sec, usec, start, caplen in _META.iter_unpack(meta[first * _META.size : last * _META.size]):
+        parts.append(buffer[start : start + caplen])
+        records.append(_META.pack(sec, usec, offset, caplen))
+        offset += caplen
+    return b"".join(parts), b"".join(records)
+
+
+def split_batch(batch: Batch, end_ns: int) -> tuple[Batch | None, Batch | None]:
+    """(packets captured before ``end_ns``, the rest); either may be None."""
+    buffer, meta = batch
+    count = len(meta) // _META.size
+    if _ts(meta, count - 1) < end_ns:
+        return batch, None
+    if _ts(meta, 0) >= end_ns:
+        return None, batch
+    cut = next(i for i in range(count) if _ts(meta, i) >= end_ns)
+    return _repack(buffer, meta, 0, cut), _repack(buffer, meta, cut, count)
+
+
+class _DrainCutter:
+    """A worker's reading turn: feeds packets, answering each pending drain at its cut."""
+
+    def __init__(
+        self, index: int, engine: Engine, captures: list[LiveCapture], control: Connection, settle_ns: int
+    ) -> None:
+        self.index = index
+        self.settle_ns = settle_ns
+        self.engine = engine
+        self.captures = captures
+        self.control = control
+        self.pending: list[tuple[int, int]] = []  # (request id, end_ns), oldest first
+        self.held: list[Batch | None] = [None] * len(captures)  # packets after the oldest cut
+        self.previous: dict[str, Any] = {}
+        self.batches = 0
+
+    def _feed(self, position: int, batch: Batch) -> bool:
+        """Feed what precedes the oldest pending cut; True when this capture reached it."""
+        if not self.pending:
+            self.engine.batch(batch[0], batch[1], self.captures[position].linktype)
+            return False
+        before, after = split_batch(batch, self.pending[0][1])
+        if before is not None:
+            self.engine.batch(before[0], before[1], self.captures[position].linktype)
+        self.held[position] = after
+        return after is not None
+
+    def turn(self) -> None:
+        while True:
+            reached = [False] * len(self.captures)
+            for position, capture in enumerate(self.captures):
+                held, self.held[position] = self.held[position], None
+                if held is not None and self._feed(position, held):
+                    reached[position] = True
+                    continue
+                for _ in range(_BATCHES_PER_TURN):
+                    buffer, meta = capture.read_batch(_BATCH)
+                    if not meta:
+                        # Caught up, once the kernel has handed over every block that can hold
+                        # a packet from before the cut (it holds a block up to its timeout).
+                        reached[position] = not self.pending or time.time_ns() >= self.pending[0][1] + self.settle_ns
+                        break
+                    self.batches += 1
+                    if self._feed(position, (buffer, meta)):
+                        reached[position] = True
+                        break
+            if not self.pending or not all(reached):
+                return
+            request, _end_ns = self.pending.pop(0)
+            self.engine.tick(time.time_ns())
+            self.previous = _drain(
+                request, self.index, self.engine, self.captures, self.previous, self.control, self.batches
+            )
+            if not self.pending and not any(self.held):
+                return
 
 
 def _drain(
+    request: int,
     index: int,
     engine: Engine,
     captures: list[LiveCapture],
@@ -145,6 +243,7 @@ def _drain(
         (
             "interval",
             WorkerInterval(
+                request=request,
                 index=index,
                 pid=os.getpid(),
                 templates=interval.templates,
@@ -183,6 +282,8 @@ class WorkerPool:
         self.workers: list[_Worker | None] = [None] * count
         self.restarts = 0
         self.missed_drains = 0
+        self.late_answers = 0
+        self.request = 0  # id of the latest drain request
 
     def start(self, timeout: float = 30.0) -> None:
         for index in range(self.count):
@@ -233,18 +334,24 @@ class WorkerPool:
                 with contextlib.suppress(BrokenPipeError, OSError):  # it died: check() restarts it
                     worker.control.send(message)
 
-    def drain(self, timeout: float) -> tuple[list[WorkerInterval], list[int]]:
-        """Ask every worker for its interval; returns (answers, indexes that did not answer)."""
+    def drain(self, timeout: float, end_ns: int) -> tuple[list[WorkerInterval], list[int], list[WorkerInterval]]:
+        """Ask every worker for its interval up to ``end_ns``.
+
+        Returns (answers to this request, indexes that did not answer in time, answers to
+        earlier requests that came late: each still carries its own ``request`` id)."""
+        self.request += 1
+        request = self.request
         asked: dict[int, _Worker] = {}
         for worker in self.workers:
             if worker is None or not worker.process.is_alive():
                 continue
             try:
-                worker.control.send(("drain",))
+                worker.control.send(("drain", request, end_ns))
                 asked[worker.index] = worker
             except (BrokenPipeError, OSError):
                 continue
         answers: list[WorkerInterval] = []
+        late: list[WorkerInterval] = []
         deadline = time.monotonic() + timeout
         while asked and time.monotonic() < deadline:
             for index, worker in list(asked.items()):
@@ -257,13 +364,18 @@ class WorkerPool:
                 except (EOFError, OSError):
                     del asked[index]
                     continue
-                if kind == "interval":
+                if kind != "interval":
+                    continue
+                worker.last_report = time.time()
+                if payload.request == request:
                     answers.append(payload)
-                    worker.last_report = time.time()
                     del asked[index]
+                else:
+                    late.append(payload)
         missing = sorted(set(range(self.count)) - {a.index for a in answers})
         self.missed_drains += len(missing)
-        return answers, missing
+        self.late_answers += len(late)
+        return answers, missing, late
 
     def status(self) -> list[dict[str, Any]]:
         now = time.time()

@@ -314,6 +314,10 @@ class BaseNode:
         return not self._stop.is_set()
 
 
+#: Capture values that are a state now, not a count of events: /status shows the latest.
+CAPTURE_GAUGES = frozenset({"connections_active", "workers_restarted"})
+
+
 class SlaveNode(BaseNode):
     role = "slave"
 
@@ -382,6 +386,7 @@ class SlaveNode(BaseNode):
                 )
             self.heartbeat = HeartbeatLoop(worker, hb.intervalms / 1000)
         self.capture_totals: dict[str, Any] = {}
+        self.drained: dict[int, tuple[int, int]] = {}  # drain request id -> its interval, the latest 64
         self.trace_seq = 0
         # Resumable state: reports wait in the spool until a master acknowledges them; the
         # checkpoint keeps the end of the last interval (to report a restart's downtime as a
@@ -450,7 +455,11 @@ class SlaveNode(BaseNode):
             end = time.time_ns()
             period_ns = self.settings.current["report_period_ms"] * 1_000_000
             async with self._pool_lock:
-                answers, missing = await asyncio.to_thread(self.pool.drain, max(2.0, period_ns / 2e9))
+                answers, missing, late = await asyncio.to_thread(self.pool.drain, max(2.0, period_ns / 2e9), end)
+            self.drained[self.pool.request] = (start, end)
+            while len(self.drained) > 64:
+                del self.drained[next(iter(self.drained))]
+            self.publish_late(late)
             report = self.build_report(start, end, answers, missing)
             for answer in answers:
                 self.sessions.update(answer.sessions)
@@ -470,10 +479,23 @@ class SlaveNode(BaseNode):
                 self.pool.broadcast(("slow_threshold_us", changed["slow_threshold_ms"] * 1000))
             start = end
 
+    def publish_late(self, late: list[WorkerInterval]) -> None:
+        """Answers that missed their drain's deadline: one report per interval they belong to,
+        with that interval's bounds and ``late: true`` (never added to the current one)."""
+        by_request: dict[int, list[WorkerInterval]] = {}
+        for answer in late:
+            by_request.setdefault(answer.request, []).append(answer)
+        for request, answers in sorted(by_request.items()):
+            start, end = self.drained.get(request, (0, 0))
+            log.warning("%d capture worker answer(s) for interval %d came late", len(answers), request)
+            for answer in answers:
+                self.sessions.update(answer.sessions)
+            self.publish(self.build_report(start, end, answers, [], late=True))
+
     # -- reports --------------------------------------------------------------------------
 
     def build_report(
-        self, start_ns: int, end_ns: int, answers: list[WorkerInterval], missing: list[int]
+        self, start_ns: int, end_ns: int, answers: list[WorkerInterval], missing: list[int], *, late: bool = False
     ) -> dict[str, Any]:
         total = IntervalSum(self.config.probe.maxslow)
         for answer in answers:
@@ -481,12 +503,16 @@ class SlaveNode(BaseNode):
         templates, slow, counters, capture = total.templates, total.slow, total.counters, total.capture
         capture["workers_missing"] = len(missing)
         capture["workers_restarted"] = self.pool.restarts
-        gap = self.pending_gap
+        if late:
+            capture["late_answers"] = len(answers)
+        gap = None if late else self.pending_gap
         if gap is not None:
             capture["capture_gap_ns"] = gap["end_ns"] - gap["start_ns"]
             capture["capture_gaps"] = 1
             self.pending_gap = None
-        add_capture(self.capture_totals, {k: v for k, v in capture.items() if k != "workers_restarted"})
+        add_capture(self.capture_totals, {k: v for k, v in capture.items() if k not in CAPTURE_GAUGES})
+        # Gauges are the current value (this interval's, summed over workers), never summed over time.
+        self.capture_totals["connections_active"] = capture.get("connections_active", 0)
         seq = self.next_seq()
         samples = []
         for sample in slow.worst_first():
@@ -511,6 +537,7 @@ class SlaveNode(BaseNode):
             "slow_dropped": slow.dropped,
             "heartbeat": self._heartbeat(),
             **({"gap": gap} if gap is not None else {}),
+            **({"late": True} if late else {}),
         }
 
     def _heartbeat(self) -> dict[str, Any]:

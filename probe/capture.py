@@ -189,11 +189,13 @@ class LiveCapture:
         fanout_group: int | None = None,
     ) -> None:
         self.device = device
+        #: How long the kernel may hold captured packets before handing them over.
+        self.timeout_ms = 1 if immediate else timeout_ms
         try:
             handle = pcapy.create(device)
             handle.set_snaplen(snaplen)
             handle.set_promisc(1 if promisc else 0)
-            handle.set_timeout(1 if immediate else timeout_ms)
+            handle.set_timeout(self.timeout_ms)
             handle.set_buffer_size(buffer_bytes)
             handle.activate()
             if bpf is None and ports:
