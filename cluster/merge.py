@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from message.check import check_interval_report
 from message.report import (
     SCHEMA_VERSION,
     SchemaError,
@@ -80,6 +81,7 @@ class ReportMerger:
     def add(self, report: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> str:
         """Merge one slave report; returns "merged", "duplicate" or "rejected"."""
         try:
+            check_interval_report(report)
             node = str(report["node"])
             seq = int(report["seq"])
             entries = [TemplateStats.from_json(entry) for entry in report.get("templates", ())]

@@ -5,6 +5,11 @@ master's epoch (the fencing token slaves check), receive reports and hand them o
 template texts that come with them (and ask for any that are missing), and redial with
 exponential backoff when a connection fails or was never made. A slave that refuses the
 hello (stale epoch) is reported as such; the master steps down when that happens.
+
+Whatever a slave sends is checked before it is used (``parse_slave_message``): a message
+that is not a known control message, a templates message or a well-formed interval report
+is counted (``malformed``), logged the first time for that slave, and the connection is
+dropped and redialled. No failure of one slave's connection ends its dialling task.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from message import CodecError, decode
+from message import CodecError, SchemaError, decode
+from message.check import check_interval_report
 
 log = logging.getLogger("mysqlprobe.cluster")
 
@@ -35,6 +41,40 @@ def collector_url(addr: str) -> str:
     return f"ws://{addr}/collector"
 
 
+class MalformedMessage(ValueError):
+    """A slave sent something that is neither a report nor a message we know."""
+
+
+def parse_slave_message(message: str | bytes, max_size: int) -> tuple[str, dict[str, Any]]:
+    """(kind, document) of a message from a slave: ``control`` (text), ``templates``,
+    ``interval`` or another report kind; ``MalformedMessage`` saying what is wrong."""
+    if isinstance(message, str):
+        try:
+            data = json.loads(message)
+        except ValueError:
+            raise MalformedMessage("a text message that is not JSON") from None
+        if not isinstance(data, dict):
+            raise MalformedMessage(f"a text message that is a JSON {type(data).__name__}, not an object")
+        return "control", data
+    try:
+        data = decode(message, max_size)
+    except CodecError as exc:
+        raise MalformedMessage(str(exc)) from None
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"a binary message that is a JSON {type(data).__name__}, not an object")
+    kind = data.get("kind")
+    if kind == "templates":
+        texts = data.get("templates")
+        if not isinstance(texts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
+            raise MalformedMessage("templates: expected an object of key -> text")
+    elif kind == "interval":
+        try:
+            check_interval_report(data)
+        except SchemaError as exc:
+            raise MalformedMessage(f"interval report: {exc}") from None
+    return str(kind), data
+
+
 @dataclass
 class Link:
     addr: str
@@ -45,6 +85,8 @@ class Link:
     reports: int = 0
     dials: int = 0
     failures: int = 0
+    malformed: int = 0  # messages refused (each one cost the connection)
+    unexpected: int = 0  # connections lost to an error of ours
     last_error: str | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     ws: Any = field(default=None, repr=False)
@@ -68,6 +110,7 @@ class Subscriptions:
         self.max_size = max_size
         self.on_refused = on_refused
         self.links: dict[str, Link] = {}
+        self.malformed = 0
         self.texts: OrderedDict[str, str] = OrderedDict()
 
     def set_targets(self, addrs: set[str]) -> None:
@@ -147,10 +190,26 @@ class Subscriptions:
                     link.state = "down"
                     link.last_error = f"closed ({code})"
                 link.failures += 1
+            except MalformedMessage as exc:
+                link.state = "down"
+                link.failures += 1
+                link.malformed += 1
+                self.malformed += 1
+                link.last_error = f"malformed message: {exc}"
+                if link.malformed == 1:
+                    log.warning("slave %s sent a malformed message (%s); redialling", link.addr, exc)
+                backoff = max(backoff, self.reconnect_max_s)  # do not hammer a broken peer
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, CodecError, ValueError) as exc:
                 link.state = "down"
                 link.failures += 1
                 link.last_error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a bug must cost this connection, never the dialling task
+                link.state = "down"
+                link.failures += 1
+                link.unexpected += 1
+                link.last_error = f"{type(exc).__name__}: {exc}"
+                if link.unexpected == 1:
+                    log.exception("subscription to %s failed; redialling", link.addr)
             finally:
                 link.ws = None
             await asyncio.sleep(backoff)
@@ -158,16 +217,15 @@ class Subscriptions:
 
     async def _receive(self, link: Link, ws: Any) -> None:
         async for message in ws:
-            if isinstance(message, str):
-                data = json.loads(message)
+            kind, data = parse_slave_message(message, self.max_size)
+            if kind == "control":
                 if "error" in data and data.get("error") == "stale epoch":
                     link.last_error = f"refused: stale epoch (slave has seen {data.get('epoch')})"
                 continue
-            data = decode(message, self.max_size)
-            if data.get("kind") == "templates":
-                self._remember({str(k): str(v) for k, v in dict(data.get("templates", {})).items()})
+            if kind == "templates":
+                self._remember(data["templates"])
                 continue
-            if data.get("kind") != "interval":
+            if kind != "interval":
                 continue
             texts = {t["key"]: t["template"] for t in data.get("templates", ()) if t.get("template")}
             self._remember(texts)
@@ -192,6 +250,8 @@ class Subscriptions:
                 "reports": link.reports,
                 "dials": link.dials,
                 "failures": link.failures,
+                "malformed": link.malformed,
+                "unexpected_errors": link.unexpected,
                 "last_report_at": link.last_report_at,
                 "last_error": link.last_error,
             }
