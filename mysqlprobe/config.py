@@ -129,6 +129,9 @@ class WebsocketConfig:
     """Largest message accepted, in bytes."""
     maxqueue: int = field(default=16, metadata={"check": _check_positive})
     """Messages queued per subscriber; a subscriber that falls this far behind is dropped."""
+    maxinbound: int = field(default=64 << 10, metadata={"check": _check_positive})
+    """Largest message a /collector subscriber may send to this node (template requests,
+    hello, ack), in bytes; a larger one closes that connection (counted)."""
 
 
 def _check_heartbeat_mode(value: str) -> str | None:

@@ -104,6 +104,7 @@ class BaseNode:
             write_timeout_s=config.websocket.writetimeoutms / 1000,
             heartbeat_s=config.websocket.pingtimeouts,
             max_message=config.websocket.maxmessagesize,
+            max_inbound=config.websocket.maxinbound,
         )
         self.clustering = Clustering(config, self.name, state, master_capable=self.master_capable)
         self.pusher: Pusher | None = None

@@ -8,7 +8,8 @@ Owns serving reports to subscribers and the HTTP rules of the API:
   ``{"templates": [key, ...]}`` is answered with ``{"kind": "templates", "templates":
   {key: text}}``. Every subscriber has a bounded queue; one that falls ``maxqueue``
   messages behind, or does not take a message within ``writetimeoutms``, is dropped and
-  counted: a slow reader never grows the node's memory.
+  counted: a slow reader never grows the node's memory. What a subscriber sends is bounded
+  apart (``max_inbound``, 64 KiB): a larger message closes its connection (counted).
 - Errors are JSON ``{"error": reason}`` with 400 (bad parameter), 401 (token), 404, 405.
 - Endpoints that change state need the configured token (``Authorization: Bearer T``,
   ``X-Mysqlprobe-Token: T`` or ``?token=T``) when one is set.
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from message import encode
 from pusher.spool import DiskSpool
@@ -37,6 +38,8 @@ log = logging.getLogger("mysqlprobe.server")
 DEFAULT_TEMPLATE_CACHE = 100_000
 #: Keys remembered per subscriber as already sent.
 DEFAULT_KNOWN_KEYS = 100_000
+#: Largest message a subscriber may send (config ``websocket.maxinbound``).
+DEFAULT_MAX_INBOUND = 64 << 10
 
 
 class HTTPProblem(Exception):
@@ -87,12 +90,15 @@ class CollectorHub:
         write_timeout_s: float = 5.0,
         heartbeat_s: float = 30.0,
         max_message: int = 64 << 20,
+        max_inbound: int = DEFAULT_MAX_INBOUND,
         template_cache: int = DEFAULT_TEMPLATE_CACHE,
     ) -> None:
         self.max_queue = max_queue
         self.write_timeout_s = write_timeout_s
         self.heartbeat_s = heartbeat_s
         self.max_message = max_message
+        self.max_inbound = max_inbound
+        self.inbound_too_large = 0
         self.template_cache = template_cache
         self.templates: OrderedDict[str, str] = OrderedDict()
         self.subscribers: set[_Subscriber] = set()
@@ -157,7 +163,9 @@ class CollectorHub:
             asyncio.get_event_loop().create_task(sub.ws.close(code=1013, message=why.encode()))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=self.heartbeat_s, max_msg_size=self.max_message)
+        # What a subscriber sends (requests, hello, ack) is small: its own bound, so one
+        # huge message cannot cost the node memory or stall its loop.
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat_s, max_msg_size=self.max_inbound)
         if not ws.can_prepare(request).ok:
             raise HTTPProblem(400, "/collector is a websocket endpoint")
         await ws.prepare(request)
@@ -170,6 +178,11 @@ class CollectorHub:
                 if msg.type == WSMsgType.TEXT:
                     await self._request(sub, msg.data)
                 elif msg.type == WSMsgType.ERROR:
+                    if getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+                        self.inbound_too_large += 1
+                        log.warning(
+                            "closed /collector subscriber %s: message over %d bytes", sub.peer, self.max_inbound
+                        )
                     break
         finally:
             self.subscribers.discard(sub)
@@ -288,6 +301,7 @@ class CollectorHub:
             "reports_published": self.published,
             "messages_sent": self.messages_sent,
             "templates_cached": len(self.templates),
+            "inbound_too_large": self.inbound_too_large,
             "spool": self.spool.status() if self.spool is not None else None,
             "replayed": self.replayed,
             "acks": self.acks,
