@@ -17,8 +17,14 @@ from cluster.metrics import MetricsStore
 from cluster.traces import MAX_SCAN_LIMIT, TraceStore
 from mysqlprobe.server import HTTPProblem, check_token, request_params
 
+#: Largest values taken (beyond them the arithmetic in ns/us overflows or means nothing).
+MAX_SECONDS = 1e11  # a window or a time since the epoch: about 3,000 years
+MAX_MILLISECONDS = 1e12
 
-def _number(params: dict[str, str], name: str, *, unit: str, positive: bool = True) -> float | None:
+
+def _number(
+    params: dict[str, str], name: str, *, unit: str, positive: bool = True, maximum: float = MAX_SECONDS
+) -> float | None:
     raw = params.get(name)
     if raw is None:
         return None
@@ -30,6 +36,8 @@ def _number(params: dict[str, str], name: str, *, unit: str, positive: bool = Tr
         raise HTTPProblem(
             400, f"{name}: expected a {'positive' if positive else 'non-negative'} number of {unit}, got {raw!r}"
         )
+    if value > maximum:
+        raise HTTPProblem(400, f"{name}: {raw!r} is more than the largest accepted, {maximum:g} {unit}")
     return value
 
 
@@ -88,7 +96,7 @@ class StoresAPI:
         cursor = _integer(params, "cursor", 0, 0)
         limit = min(_integer(params, "limit", 100, 1), MAX_SCAN_LIMIT)
         since = _number(params, "since", unit="seconds since the epoch", positive=False)
-        min_latency = _number(params, "min_latency_ms", unit="milliseconds", positive=False)
+        min_latency = _number(params, "min_latency_ms", unit="milliseconds", positive=False, maximum=MAX_MILLISECONDS)
         key = params.get("key") or None
         events, next_cursor = self.traces.scan(
             time.time_ns(),

@@ -9,6 +9,7 @@ was read, then the error line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -22,6 +23,7 @@ from mysqlprobe import __version__
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 class UsageError(Exception):
@@ -121,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mysqlprobe replay ... | head`): stop quietly, as a tool
+        # killed by SIGPIPE would, and keep the interpreter's final flush from failing again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _check_config(path: str) -> int:

@@ -28,7 +28,8 @@ from message.report import (
     TemplateStats,
     report_totals,
 )
-from probe.capture import FileCapture
+from probe.capture import CaptureError, FileCapture
+from probe.decode import DecodeCounters, UnsupportedLinkType, make_decoder
 from probe.engine import Engine, EngineConfig
 
 _RECORD_OVERHEAD = 16  # pcap record header, for progress by bytes
@@ -126,7 +127,15 @@ def _shard_process(path: str, config: EngineConfig, done: Any, pipe: Connection)
 
 def replay(options: ReplayOptions, on_progress: Callable[[float], None] | None = None) -> ReplayResult:
     """Analyse the file; raises ``CaptureError`` if it cannot be opened at all."""
-    FileCapture(options.path).close()  # fail early, in one process, on a bad file
+    capture = FileCapture(options.path)  # fail early, in one process, on a bad file
+    capture.close()
+    try:
+        make_decoder(capture.linktype, DecodeCounters())
+    except UnsupportedLinkType:
+        raise CaptureError(
+            f"{options.path}: link type {capture.linktype} is not supported (mysqlprobe reads Ethernet,"
+            " Linux cooked SLL/SLL2, BSD loopback and raw IP captures)"
+        ) from None
     started = time.perf_counter()
     workers = max(1, options.workers)
     total = max(1, estimated_size(options.path))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from message import encode
 from pusher.spool import DiskSpool
@@ -61,7 +62,11 @@ def check_token(request: web.Request, token: str) -> None:
         or request.query.get("token")
         or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     )
-    if not offered or not hmac.compare_digest(offered.encode(), token.encode()):
+    try:
+        offered_bytes = offered.encode()
+    except UnicodeEncodeError:  # a header byte that is not UTF-8 (aiohttp keeps it as a surrogate)
+        raise HTTPProblem(400, "the token is not valid UTF-8") from None
+    if not offered or not hmac.compare_digest(offered_bytes, token.encode()):
         raise HTTPProblem(401, "this endpoint needs the configured token")
 
 
@@ -349,6 +354,13 @@ async def request_params(request: web.Request) -> dict[str, str]:
                 raise HTTPProblem(400, "the JSON body must be an object")
             params.update({str(k): str(v) for k, v in body.items()})
         else:
-            params.update({k: str(v) for k, v in (await request.post()).items()})
+            try:
+                form = await request.post()
+            except (ValueError, AssertionError, HttpProcessingError) as exc:
+                # The body's bytes are not echoed: they may hold a token.
+                raise HTTPProblem(
+                    400, f"the {request.content_type} body cannot be read ({type(exc).__name__})"
+                ) from None
+            params.update({k: str(v) for k, v in form.items()})
     params.pop("token", None)
     return params

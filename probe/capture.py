@@ -148,7 +148,9 @@ class FileCapture:
             if header is None:
                 break
             sec, usec = header.getts()
-            meta = _META.pack(sec, usec, 0, len(data))
+            # pcapy hands seconds as a C long: a file's unsigned 32-bit seconds from 2^31 on
+            # (2038) come back negative. Keep the file's value, as next_batch does.
+            meta = _META.pack(sec & 0xFFFFFFFF, usec & 0xFFFFFFFF, 0, len(data))
             self.delivered += 1
             yield data, meta
         pipe_error = self._pipe.error if self._pipe is not None else None
