@@ -223,6 +223,16 @@ class OtlpConfig:
 
 
 @dataclass
+class HttpConfig:
+    maxconnections: int = field(default=1000, metadata={"check": _check_positive})
+    """Concurrent HTTP and websocket connections at most (and never more than the descriptor
+    limit less 256); over it, the connection idle longest is closed (counted)."""
+    idletimeouts: int = field(default=15, metadata={"check": _check_positive})
+    """Seconds a connection may stay without a request in progress (idle keep-alive, or
+    headers still incomplete) before it is closed (counted); subscribers are not idle."""
+
+
+@dataclass
 class Config:
     slave: bool = True
     """true: capture and report (slave); false: merge slaves' reports (master or standby)."""
@@ -254,6 +264,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @property
     def node_name(self) -> str:

@@ -35,6 +35,7 @@ from mysqlprobe.api import StoresAPI
 from mysqlprobe.clustering import Clustering
 from mysqlprobe.config import Config, ConfigError, load_config, state_dir
 from mysqlprobe.dashboard import Dashboard
+from mysqlprobe.guard import ConnectionGuard, connection_bound, raise_descriptor_limit
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
 from mysqlprobe.logging_setup import configure as configure_logging
 from mysqlprobe.prometheus import NodeMetrics
@@ -105,6 +106,9 @@ class BaseNode:
             heartbeat_s=config.websocket.pingtimeouts,
             max_message=config.websocket.maxmessagesize,
             max_inbound=config.websocket.maxinbound,
+        )
+        self.guard = ConnectionGuard(
+            max_connections=config.http.maxconnections, idle_timeout_s=float(config.http.idletimeouts)
         )
         self.clustering = Clustering(config, self.name, state, master_capable=self.master_capable)
         self.pusher: Pusher | None = None
@@ -191,7 +195,7 @@ class BaseNode:
         return samples
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_json])
+        app = web.Application(middlewares=[self.guard.middleware, errors_as_json])
         app.router.add_get("/collector", self.hub.handle)
         app.router.add_get("/status", self.status)
         app.router.add_route("*", "/config/update", self.config_update)
@@ -205,10 +209,15 @@ class BaseNode:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        self.guard.descriptors = raise_descriptor_limit()
+        self.guard.max_connections = connection_bound(self.config.http.maxconnections, self.guard.descriptors[0])
         await self.start()
         await asyncio.to_thread(self.clustering.start)
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
+        assert runner.server is not None
+        self.guard.attach(runner.server)
+        self._tasks.append(asyncio.ensure_future(self.guard.sweeper()))
         site = web.TCPSite(runner, self.config.bind, self.config.serverport)
         await site.start()
         log.info("%s %s serving on %s:%d", self.current_role, self.name, self.config.bind, self.config.serverport)
@@ -263,6 +272,7 @@ class BaseNode:
             "seq": self.seq,
             "last_report_at": self.last_report_at,
             "collector": self.hub.status(),
+            "connections": self.guard.status(),
             "cluster": self.clustering.status(),
             "pusher": self.pusher.status() if self.pusher is not None else None,
             "traces": self.traces.status(),

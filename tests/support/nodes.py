@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ class Node:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None) -> Node:
+    def start(
+        self, timeout: float = 60.0, env: dict[str, str] | None = None, preexec_fn: Callable[[], Any] | None = None
+    ) -> Node:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mysqlprobe.cli", "run", "-c", str(self.path)],
@@ -50,6 +53,7 @@ class Node:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 env={**os.environ, **(env or {})},
+                preexec_fn=preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
