@@ -542,9 +542,11 @@
 
     trend(agg) {
       const series = this.model.series(agg.id);
+      const minutes = this.model.windowS / 60;
       return h(
         "div",
         { class: "trend" },
+        h("h3", {}, `Over the last ${minutes < 60 ? minutes + " min" : minutes / 60 + " h"}`),
         h("div", {}, "calls/s ", sparkline(series.map((p) => p[2]), { width: 300, height: 40, class: "calls", label: "calls/s", format: rate })),
         h("div", {}, "p99 ", sparkline(series.map((p) => p[3]), { width: 300, height: 40, class: "p99", label: "p99", format: us }))
       );

@@ -14,6 +14,7 @@
   const SLOTS = 60;
   const MAX_SLOW = 500; // slow samples kept for the window, worst first
   const MAX_MISSING = 200; // missing intervals remembered (master)
+  const MAX_TEXTS = 20000; // template texts kept beyond those in the window
 
   // The value a sketch bucket stands for (ddsketch LogarithmicMapping.value).
   function bucketValue(key) {
@@ -300,6 +301,11 @@
       if (n) this.frames.splice(0, n);
       if (n) {
         const first = this.frames[0].start;
+        if (this.texts.size > MAX_TEXTS) {
+          const live = new Set();
+          for (const f of this.frames) for (const agg of f.templates.values()) live.add(agg.key);
+          for (const key of this.texts.keys()) if (!live.has(key)) this.texts.delete(key);
+        }
         this.slow = this.slow.filter((s) => s.start_ns >= first);
         this.missing = this.missing.filter((m) => m.at > first);
       }
@@ -358,14 +364,21 @@
       return out;
     }
 
-    // Per frame: [start_ns, end_ns, calls per second, p99 µs or null] of one template.
+    // The window's SLOTS time slots, oldest first, for one template: [start_ns, end_ns,
+    // calls per second, p99 µs], or nulls for a slot no report covered.
     series(id) {
-      return this.frames.map((f) => {
+      const slot = this.slotNs;
+      const out = Array.from({ length: SLOTS }, () => [null, null, null, null]);
+      if (!this.frames.length) return out;
+      const newest = Math.floor(this.frames[this.frames.length - 1].start / slot);
+      for (const f of this.frames) {
+        const at = SLOTS - 1 - (newest - Math.floor(f.start / slot));
+        if (at < 0) continue;
         const agg = f.templates.get(id);
         const secs = Math.max(1e-9, (f.end - f.start) / 1e9);
-        if (!agg) return [f.start, f.end, 0, null];
-        return [f.start, f.end, agg.count / secs, quantiles(agg.sketch, [0.99])[0]];
-      });
+        out[at] = [f.start, f.end, agg ? agg.count / secs : 0, agg ? quantiles(agg.sketch, [0.99])[0] : null];
+      }
+      return out;
     }
 
     // Capture health over the window and in the newest report.

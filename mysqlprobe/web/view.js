@@ -76,19 +76,18 @@
     const hgt = o.height || 22;
     const max = Math.max(0, ...values.filter((v) => v !== null && isFinite(v)));
     const svg = s("svg", { class: "spark " + (o.class || ""), width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}` });
+    svg.appendChild(s("line", { x1: 1, y1: hgt - 1.5, x2: w - 1, y2: hgt - 1.5, class: "base" }));
     if (!values.length) return svg;
     const step = values.length > 1 ? (w - 2) / (values.length - 1) : 0;
     let d = "";
-    let pen = false;
+    const present = (v) => v !== null && v !== undefined && isFinite(v);
     values.forEach((v, i) => {
-      if (v === null || !isFinite(v)) {
-        pen = false;
-        return;
-      }
+      if (!present(v)) return;
       const x = 1 + i * step;
       const y = hgt - 2 - (max > 0 ? (v / max) * (hgt - 4) : 0);
-      d += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
-      pen = true;
+      const joined = i > 0 && present(values[i - 1]);
+      d += (joined ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+      if (!joined && !present(values[i + 1])) svg.appendChild(s("circle", { cx: x, cy: y, r: 1.5 })); // a lone point
     });
     if (d) svg.appendChild(s("path", { d: d, fill: "none", "stroke-width": 1.5 }));
     svg.appendChild(s("title", {}, (o.label || "") + " max " + (o.format ? o.format(max) : num(max, 2))));

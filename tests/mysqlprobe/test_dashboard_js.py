@@ -121,3 +121,7 @@ def test_model_merges_reports_once_and_sums_counts(tmp_path: Path) -> None:
             whole.add(v)
     assert abs(rows["a" * 16]["p99"] - (whole.quantile(0.99) or 0)) < 1e-6
     assert abs(rows["b" * 16]["share"] - 25000 / (25000 + 3000)) < 1e-9
+    # Sparklines span the whole window (60 slots of 10 s here): the five reports are the last
+    # five slots, the slots before them are empty (no report), not zero.
+    series = out["series"]["a" * 16]
+    assert len(series) == 60 and series[:55] == [None] * 55 and series[55:] == [0.3] * 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -202,3 +203,70 @@ def test_dashboard_endpoints_answer_before_the_first_report(tmp_path: Path, serv
             assert exc.code == 404 and "no template" in json.loads(exc.read())["error"]
     finally:
         node.stop()
+
+
+def test_master_dashboard_shows_slaves_breakdown_and_missing_intervals(server: MariaDB, tmp_path: Path) -> None:
+    # Two slaves watch the same server (as two probes on one host would): each sees every
+    # statement, so the master counts each statement twice, once per slave.
+    slaves = [
+        Node(tmp_path, {"interval": 1, "probe": {"device": "lo", "port": server.port, "workers": 1}}, name).start()
+        for name in ("s1", "s2")
+    ]
+    master = Node(tmp_path, {"slave": False, "interval": 1}, "m1").start()
+    browser = Browser()
+    collector: Collector | None = None
+    try:
+        for node in slaves:
+            assert master.request(f"/cluster/join?addr=127.0.0.1:{node.port}")[0] == 200
+        collector = Collector(f"ws://127.0.0.1:{master.port}/collector")
+        collector.wait_for(
+            lambda c: any(len([s for s in r["slaves"] if s["state"] == "reporting"]) == 2 for r in c.reports)
+        )
+        browser.goto(master.url + "/")
+        browser.wait("document.querySelectorAll('#slaves tr[data-node]').length === 2", 30)
+        run_workload(server, sleeps=8, lookups=50)
+        settle(collector)
+        sums = totals(collector.reports)
+        top = max(sums, key=lambda k: sums[k]["sum"])
+        assert sums[top]["count"] == 16  # 8 statements, seen by both slaves
+        browser.wait(f"{ROW} && {ROW}.dataset.key === '{top[2]}'", 30)
+        browser.wait(f"{COUNT_OF.format(key=top[2])} === 16", 30)
+        assert "role master" in browser.eval("document.querySelector('#node-info').textContent")
+        cluster = browser.eval(
+            "Array.from(document.querySelectorAll('#cluster tr')).slice(1)"
+            ".map(r => Array.from(r.cells).map(c => c.textContent))"
+        )
+        assert cluster[0][:2] == ["m1 (this node)", "master"] and cluster[0][4] == "★ leader"
+        assert sorted(row[1] for row in cluster[1:]) == ["slave", "slave"]
+
+        browser.call("click", selector=f"#templates tr.tpl[data-key='{top[2]}']")
+        browser.wait("document.querySelector('#per-slave') !== null")
+        per_slave = browser.eval(
+            "Array.from(document.querySelectorAll('#per-slave tr')).slice(1)"
+            ".map(r => [r.cells[0].textContent, r.cells[1].textContent])"
+        )
+        assert sorted(per_slave) == [["s1", "8"], ["s2", "8"]]
+        shot = SCREENSHOTS / "master-detail.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        browser.call("screenshot", path=str(shot))
+        assert ink_fraction(shot) > 0.05
+        browser.call("click", selector="#close")
+
+        # A slave that dies: its intervals are missing, on the page as in the report.
+        slaves[1].stop(signal.SIGKILL)
+        collector.wait_for(lambda c: any(m["node"] == "s2" for m in c.reports[-1]["missing"]), 30)
+        browser.wait(
+            "Array.from(document.querySelectorAll('#missing li')).some(li => li.textContent.startsWith('s2'))", 30
+        )
+        state = browser.eval("document.querySelector(\"#slaves tr[data-node='s2']\").cells[1].textContent")
+        assert state != "reporting"
+        shot = SCREENSHOTS / "master-table.png"
+        browser.call("screenshot", path=str(shot))
+        assert browser.problems() == {"problems": [], "blocked": []}
+    finally:
+        browser.close()
+        if collector is not None:
+            collector.close()
+        master.stop()
+        for node in slaves:
+            node.stop()
