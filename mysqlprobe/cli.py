@@ -1,5 +1,5 @@
-"""Command line: ``mysqlprobe replay`` (offline), ``mysqlprobe run`` (a node) and
-``mysqlprobe check-config FILE``.
+"""Command line: ``mysqlprobe replay`` (offline), ``mysqlprobe run`` (a node),
+``mysqlprobe check-config FILE`` and ``mysqlprobe history top`` (a node's query history).
 
 Owns argument parsing, exit codes and user-facing error lines. Bad input is one line on
 stderr and exit code 2; a capture that is damaged part way still gets its report for what
@@ -104,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and print it with secrets masked")
     check.add_argument("file", help="configuration file")
+    history = sub.add_parser("history", help="query history kept by a node (SQLite state directory or PostgreSQL)")
+    history_sub = history.add_subparsers(dest="history_command", required=True)
+    top = history_sub.add_parser("top", help="templates ranked over a time range")
+    top.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        metavar="TIME",
+        help="start: unix seconds, ISO 8601, now, or a time ago as --from=-15m (s, m, h, d)",
+    )
+    top.add_argument("--to", default="now", metavar="TIME", help="end (default now)")
+    where = top.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state", help="a node's state directory (its history.sqlite3)")
+    where.add_argument("--dsn", help="PostgreSQL DSN of a shared history store")
+    top.add_argument("--server", help="only this server (HOST:PORT as in reports)")
+    top.add_argument("--db", help="only this database")
+    top.add_argument("--user", help="only this user")
+    top.add_argument("--order", choices=("load", "calls", "errors", "p99"), default="load")
+    top.add_argument("--top", type=_positive, default=20, help="templates listed (default 20)")
+    top.add_argument("--details", type=int, default=3, help="templates printed in full (default 3)")
+    top.add_argument("--format", choices=("table", "json"), default="table")
     return parser
 
 
@@ -117,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_node(args.config)
         if args.command == "check-config":
             return _check_config(args.file)
+        if args.command == "history":
+            import time
+
+            from mysqlprobe.history import history_command
+
+            return history_command(args, time.time_ns())
         return _replay(args)
     except UsageError as exc:
         print(f"mysqlprobe: error: {exc}", file=sys.stderr)

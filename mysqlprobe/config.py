@@ -222,6 +222,30 @@ class OtlpConfig:
     """Exports waiting to be sent at most; further ones are dropped and counted."""
 
 
+def _check_history_mode(value: str) -> str | None:
+    return None if value in ("auto", "on", "off") else "one of auto, on, off"
+
+
+@dataclass
+class HistoryConfig:
+    mode: str = field(default="auto", metadata={"check": _check_history_mode})
+    """auto: a master (and a slave no master has subscribed to, outside gossip mode) keeps
+    query history; on: every node does; off: none."""
+    dsn: str = ""
+    """PostgreSQL DSN (e.g. ``postgresql://user@host/db``) of a history store shared by
+    several nodes (or MYSQLPROBE_HISTORY_DSN in the environment); empty: SQLite in the
+    state directory (history.sqlite3)."""
+    rawhours: int = field(default=24, metadata={"check": _check_positive})
+    """Hours per-interval rows are kept."""
+    minutedays: int = field(default=7, metadata={"check": _check_positive})
+    """Days 1-minute rollups are kept."""
+    hourdays: int = field(default=90, metadata={"check": _check_positive})
+    """Days 1-hour rollups are kept."""
+    maxmb: int = field(default=1024, metadata={"check": _check_positive})
+    """MiB of rows kept at most (sketches, counters and a fixed charge per row); the oldest
+    rows a coarser level already holds go first, and are counted."""
+
+
 @dataclass
 class HttpConfig:
     maxconnections: int = field(default=1000, metadata={"check": _check_positive})
@@ -265,6 +289,7 @@ class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     @property
     def node_name(self) -> str:
@@ -275,7 +300,11 @@ class Config:
         return [d.strip() for d in self.probe.device.split(",") if d.strip()]
 
 
-_ENV_SECRETS = {"MYSQLPROBE_TOKEN": ("token",), "MYSQLPROBE_WATCHER_PASSWORD": ("watcher", "password")}
+_ENV_SECRETS = {
+    "MYSQLPROBE_TOKEN": ("token",),
+    "MYSQLPROBE_WATCHER_PASSWORD": ("watcher", "password"),
+    "MYSQLPROBE_HISTORY_DSN": ("history", "dsn"),
+}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

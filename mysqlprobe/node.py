@@ -36,6 +36,7 @@ from mysqlprobe.clustering import Clustering
 from mysqlprobe.config import Config, ConfigError, load_config, state_dir
 from mysqlprobe.dashboard import Dashboard
 from mysqlprobe.guard import ConnectionGuard, connection_bound, raise_descriptor_limit
+from mysqlprobe.history import HistoryAPI, HistoryService
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
 from mysqlprobe.logging_setup import configure as configure_logging
 from mysqlprobe.prometheus import NodeMetrics
@@ -130,6 +131,9 @@ class BaseNode:
             retention_ns=config.metrics.retentions * 10**9, max_samples=config.metrics.maxsamples
         )
         self.api = StoresAPI(self.traces, self.metrics, lambda: self.config.token)
+        self.history: HistoryService | None = None
+        if config.history.mode != "off":
+            self.history = HistoryService(config.history, state, config.interval, master_capable=self.master_capable)
         saved = read_state(state / "seq.json", "report-seq")
         self.seq = int(saved["seq"]) if saved and saved.get("node") == self.name else 0
         self.last_report_at: float | None = None
@@ -167,6 +171,10 @@ class BaseNode:
         if self.stores_own_samples:
             self.traces.add(report.get("slow", ()), now)
         self.metrics.record(self.report_samples(report, self.name, now), now)
+        if self.history is not None and self.history.keeps(
+            self.current_role, self.hub.max_epoch >= 0 or self.config.cluster.gossip
+        ):
+            self.history.record(report)
 
     def report_samples(self, report: dict[str, Any], node: str, ts: int) -> list[Sample]:
         """The per-interval metrics of a report (this node's, or a slave's on a master)."""
@@ -203,6 +211,7 @@ class BaseNode:
         self.clustering.routes(app)
         self.api.routes(app)
         Dashboard(self.hub, f"mysqlprobe {self.name}").routes(app)
+        HistoryAPI(self.history).routes(app)
         return app
 
     async def run(self) -> None:
@@ -230,6 +239,8 @@ class BaseNode:
             for task in self._tasks:
                 task.cancel()
             await self.stop()
+            if self.history is not None:
+                await self.history.close()
             if self.pusher is not None:
                 await self.pusher.close()
             await asyncio.to_thread(self.clustering.stop)
@@ -277,6 +288,7 @@ class BaseNode:
             "pusher": self.pusher.status() if self.pusher is not None else None,
             "traces": self.traces.status(),
             "metrics": self.metrics.status(),
+            "history": self.history.status() if self.history is not None else None,
         }
 
     async def status(self, request: web.Request) -> web.Response:

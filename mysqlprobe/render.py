@@ -1,4 +1,4 @@
-"""Human-readable replay report: a profile sorted by total time, like pt-query-digest's.
+"""Human-readable replay and history reports: a profile sorted by total time, like pt-query-digest's.
 
 Owns the text layout only. Templates are cut to the terminal width in the profile; the
 details of the top templates are pretty-printed with sqlparse, once per template (it costs
@@ -7,6 +7,7 @@ details of the top templates are pretty-printed with sqlparse, once per template
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlparse
@@ -37,7 +38,13 @@ def profile(doc: dict[str, Any], *, top: int, width: int, details: int = 3) -> s
     ]
     if doc["source"].get("error"):
         lines.append(f"# input error: {doc['source']['error']}")
-    templates = doc["templates"]
+    lines += template_table(doc["templates"], top=top, width=width, details=details)
+    return "\n".join(lines) + "\n"
+
+
+def template_table(templates: list[dict[str, Any]], *, top: int, width: int, details: int) -> list[str]:
+    """The profile table and the details of the first templates (replay and history)."""
+    lines: list[str] = []
     grand_total = sum(t["latency_us"]["sum"] for t in templates) or 1
     header = (
         f"{'Rank':>4} {'Key':<16} {'Calls':>9} {'Total s':>9} {'%':>5} {'Avg ms':>9} "
@@ -79,4 +86,24 @@ def profile(doc: dict[str, Any], *, top: int, width: int, details: int = 3) -> s
             + (f", errors {entry['errors']}" if entry["errors"] else ""),
             sqlparse.format(entry["template"], reindent=True),
         ]
+    return lines
+
+
+def history_table(answer: dict[str, Any], *, width: int, details: int = 3) -> str:
+    """``mysqlprobe history top``: the answer of /api/history/top as the replay table."""
+    templates = answer["templates"]
+    covers = answer["covers"]
+    lines = [
+        f"# mysqlprobe history from {_when(answer['from'])} to {_when(answer['to'])}, ordered by {answer['order']}",
+        f"# {_count(answer['templates_total'])} templates; {_count(sum(t['count'] for t in templates))} calls and "
+        f"{_count(sum(t['error_count'] for t in templates))} errors in the {len(templates)} listed",
+        "# covers "
+        + (f"{_when(covers['from'])} to {_when(covers['to'])}" if covers else "nothing of this range")
+        + ("" if answer["complete"] else f" ({answer['note']})"),
+    ]
+    lines += template_table(templates, top=len(templates), width=width, details=details)
     return "\n".join(lines) + "\n"
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
