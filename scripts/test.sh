@@ -22,6 +22,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
 
+# PostgreSQL for the shared history store's tests: a server on 127.0.0.1:5432 with trust
+# auth for local TCP and a database named test (tests create and drop their own databases).
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        $SUDO apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql
+    fi
+    pg_version=$(ls /etc/postgresql | sort -n | tail -1)
+    hba=/etc/postgresql/$pg_version/main/pg_hba.conf
+    $SUDO grep -q '^host all all 127.0.0.1/32 trust' "$hba" || $SUDO sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+    $SUDO pg_ctlcluster "$pg_version" main start 2>/dev/null || $SUDO pg_ctlcluster "$pg_version" main reload
+    for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" postgres | grep -q 1 ||
+    psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" postgres
+
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)  # playwright-core drives chromium
 
