@@ -132,9 +132,9 @@ class TemplateStats:
             "key": self.key,
             "server": self.server,
             "db": self.db,
-            "commands": dict(self.commands),
+            "commands": dict(sorted(self.commands.items())),
             "count": self.count,
-            "errors": dict(self.errors),
+            "errors": dict(sorted(self.errors.items())),
             "latency_us": {
                 "sum": self.latency_sum,
                 "min": self.latency_min,
@@ -356,6 +356,34 @@ class IntervalSum:
         self.slow.merge(part.slow, part.slow_dropped)
         add_counters(self.counters, part.counters)
         add_capture(self.capture, part.capture)
+
+
+def by_load(stats: Iterable[TemplateStats]) -> list[TemplateStats]:
+    """Heaviest first (total time), ties broken by identity: one order for any input order."""
+    return sorted(stats, key=lambda t: (-t.latency_sum, t.key, t.server, t.db))
+
+
+def fold_templates(
+    templates: Mapping[tuple[str, str, str], TemplateStats], limit: int
+) -> tuple[dict[tuple[str, str, str], TemplateStats], dict[str, int]]:
+    """Keep the ``limit`` heaviest templates by total time; fold the others (and any
+    overflow entries already there) into one overflow entry per (server, db). Whatever
+    order the templates were gathered in, the result is the same, and no template that
+    carries time is hidden behind lighter ones. Returns (templates, what was folded:
+    ``templates``, ``statements``, ``latency_us_sum``)."""
+    ranked = by_load(t for t in templates.values() if t.key != OVERFLOW_KEY)
+    kept = {t.ident: t for t in ranked[:limit]}
+    folded = {"templates": max(0, len(ranked) - limit), "statements": 0, "latency_us_sum": 0}
+    rest = [t for t in templates.values() if t.key == OVERFLOW_KEY] + ranked[limit:]
+    for item in sorted(rest, key=lambda t: (t.server, t.db, t.key)):
+        ident = (item.server, item.db, OVERFLOW_KEY)
+        entry = kept.get(ident)
+        if entry is None:
+            entry = kept[ident] = TemplateStats(item.server, item.db, OVERFLOW_KEY, OVERFLOW_TEMPLATE)
+        entry.merge(item)
+        folded["statements"] += item.count
+        folded["latency_us_sum"] += item.latency_sum
+    return kept, folded
 
 
 def merge_templates(into: dict[tuple[str, str, str], TemplateStats], stats: Iterable[TemplateStats]) -> None:

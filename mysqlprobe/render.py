@@ -12,6 +12,8 @@ from typing import Any
 
 import sqlparse
 
+from message.report import OVERFLOW_KEY
+
 
 def _ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.3f}"
@@ -36,6 +38,14 @@ def profile(doc: dict[str, Any], *, top: int, width: int, details: int = 3) -> s
         f"{_count(totals['unparsed_packets'])} unparsed packets",
         f"# analysed in {doc['analysis']['elapsed_s']:.2f} s with {doc['analysis']['workers']} worker(s)",
     ]
+    folded = doc.get("folded") or {}
+    if folded.get("templates"):
+        kept = sum(1 for t in doc["templates"] if t["key"] != OVERFLOW_KEY)
+        lines.append(
+            f"# {_count(folded['templates'])} lighter templates folded into one entry per database "
+            f"({_count(folded['statements'])} statements, {folded['latency_us_sum'] / 1e6:.3f} s): "
+            f"the {_count(kept)} heaviest by total time are kept"
+        )
     if doc["source"].get("error"):
         lines.append(f"# input error: {doc['source']['error']}")
     lines += template_table(doc["templates"], top=top, width=width, details=details)

@@ -4,7 +4,10 @@ Owns running the engine offline and turning its statistics into the replay docum
 The file is read by ``workers`` processes at once, each analysing the connections of its
 shard (client port + server port modulo the number of workers, so both directions of a
 connection land in the same worker); their statistics merge exactly (counts add, sketches
-add bucket by bucket), so the document is the same for any number of workers.
+add bucket by bucket), so the document is the same for any number of workers. A replay is
+one interval: the template bound is applied once, after the merge, keeping the heaviest
+templates by total time and folding the rest into one overflow entry that the document
+counts (``folded``); workers keep a much larger bound of their own.
 """
 
 from __future__ import annotations
@@ -26,13 +29,21 @@ from message.report import (
     IntervalSum,
     SlowQuery,
     TemplateStats,
+    by_load,
+    fold_templates,
     report_totals,
 )
+from probe.aggregate import DEFAULT_MAX_TEMPLATES
 from probe.capture import CaptureError, FileCapture
 from probe.decode import DecodeCounters, UnsupportedLinkType, make_decoder
 from probe.engine import Engine, EngineConfig
 
 _RECORD_OVERHEAD = 16  # pcap record header, for progress by bytes
+#: Templates one replay worker keeps before its own overflow entry takes further ones (its
+#: memory bound); the document's bound (``ReplayOptions.max_templates``) comes after the merge.
+WORKER_MAX_TEMPLATES = 200_000
+#: Capture counters that describe a worker's own work, not the file: in ``analysis``.
+_PER_WORKER_COUNTERS = ("normalizer_cache_resets",)
 
 
 @dataclass
@@ -40,6 +51,8 @@ class ReplayOptions:
     path: str
     engine: EngineConfig = field(default_factory=EngineConfig)
     workers: int = 1
+    max_templates: int = DEFAULT_MAX_TEMPLATES
+    """Templates in the document: the heaviest by total time; the others are folded."""
 
 
 @dataclass
@@ -69,6 +82,8 @@ class ReplayResult:
     elapsed_s: float
     workers: int
     peak_rss_kb: list[int]
+    folded: dict[str, int] = field(default_factory=dict)
+    worker_counters: dict[str, int] = field(default_factory=dict)
 
 
 def estimated_size(path: str) -> int:
@@ -149,8 +164,8 @@ def replay(options: ReplayOptions, on_progress: Callable[[float], None] | None =
 
 
 def _shard_config(base: EngineConfig, index: int, count: int) -> EngineConfig:
-    config = EngineConfig(**{**base.__dict__, "shard": (index, count)})
-    return config
+    bound = max(base.max_templates, WORKER_MAX_TEMPLATES)
+    return EngineConfig(**{**base.__dict__, "shard": (index, count), "max_templates": bound})
 
 
 def _run_parallel(
@@ -200,6 +215,9 @@ def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, w
     for name in ("packets", "bytes", "non_ip", "non_tcp", "ip_fragments", "truncated"):
         if name in capture:
             capture[name] = results[0].capture.get(name, 0)
+    worker_counters = {name: capture.pop(name) for name in _PER_WORKER_COUNTERS if name in capture}
+    counters.pop("templates_overflowed", None)  # per worker; ``folded`` says it for the file
+    templates, folded = fold_templates(templates, options.max_templates)
     return ReplayResult(
         path=options.path,
         templates=templates,
@@ -214,12 +232,14 @@ def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, w
         workers=workers,
         peak_rss_kb=[r.peak_rss_kb for r in results]
         + ([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss] if workers > 1 else []),
+        folded=folded,
+        worker_counters=worker_counters,
     )
 
 
 def document(result: ReplayResult) -> dict[str, Any]:
     """The replay report: DESIGN.md's report schema for the whole file, plus ``totals``."""
-    templates = sorted(result.templates.values(), key=lambda t: (-t.latency_sum, t.key))
+    templates = by_load(result.templates.values())
     return {
         "schema": SCHEMA_VERSION,
         "kind": "replay",
@@ -233,7 +253,9 @@ def document(result: ReplayResult) -> dict[str, Any]:
             "elapsed_s": round(result.elapsed_s, 3),
             "workers": result.workers,
             "peak_rss_mb": round(sum(result.peak_rss_kb) / 1024, 1),
+            **result.worker_counters,
         },
+        "folded": result.folded,
         "templates": [t.to_json() for t in templates],
         "slow": [s.to_json() for s in result.slow],
         "slow_dropped": result.slow_dropped,
