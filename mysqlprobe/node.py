@@ -39,6 +39,7 @@ from mysqlprobe.guard import ConnectionGuard, connection_bound, raise_descriptor
 from mysqlprobe.history import HistoryAPI, HistoryService
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
 from mysqlprobe.logging_setup import configure as configure_logging
+from mysqlprobe.otlp import OtlpExporter
 from mysqlprobe.prometheus import NodeMetrics
 from mysqlprobe.server import CollectorHub, HTTPProblem, check_token, errors_as_json, parse_int, request_params
 from probe.engine import EngineConfig
@@ -145,6 +146,17 @@ class BaseNode:
             git_hash=self.git_hash,
             queue_depths=self.queue_depths,
         )
+        self.otlp: OtlpExporter | None = None
+        if config.otlp.endpoint:
+            self.otlp = OtlpExporter(
+                config.otlp.endpoint,
+                node=self.name,
+                version=__version__,
+                db_system=config.otlp.dbsystem,
+                topn=config.otlp.topn,
+                timeout_s=config.otlp.timeoutms / 1000,
+                max_queue=config.otlp.maxqueue,
+            )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Future[Any]] = []
 
@@ -168,6 +180,8 @@ class BaseNode:
             self.pusher.push(report)
         self.last_report_at = time.time()
         self.prometheus.observe(report, self.hub.templates)
+        if self.otlp is not None:
+            self.otlp.observe(report, self.hub.templates)
         if self.stores_own_samples:
             self.traces.add(report.get("slow", ()), now)
         self.metrics.record(self.report_samples(report, self.name, now), now)
@@ -233,6 +247,8 @@ class BaseNode:
         self._tasks.append(asyncio.ensure_future(self._cluster_loop()))
         if self.pusher is not None:
             self._tasks.append(asyncio.ensure_future(self.pusher.run()))
+        if self.otlp is not None:
+            self._tasks.append(asyncio.ensure_future(self.otlp.run()))
         try:
             await self.main()
         finally:
@@ -286,6 +302,7 @@ class BaseNode:
             "connections": self.guard.status(),
             "cluster": self.clustering.status(),
             "pusher": self.pusher.status() if self.pusher is not None else None,
+            "otlp": self.otlp.status() if self.otlp is not None else None,
             "traces": self.traces.status(),
             "metrics": self.metrics.status(),
             "history": self.history.status() if self.history is not None else None,
@@ -298,6 +315,8 @@ class BaseNode:
         depths = {"collector": sum(sub.queue.qsize() for sub in self.hub.subscribers)}
         if self.pusher is not None:
             depths["push"] = len(self.pusher.unacked)
+        if self.otlp is not None:
+            depths["otlp"] = len(self.otlp.queue)
         return depths
 
     async def metrics_text(self, request: web.Request) -> web.Response:

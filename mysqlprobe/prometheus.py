@@ -411,6 +411,14 @@ class NodeMetrics:
                 ("overflowed", "Reports the full push queue dropped."),
             ):
                 yield _counter(f"mysqlprobe_push_{name}", doc, float(pusher.get(name, 0)))
+        otlp = status.get("otlp")
+        if isinstance(otlp, Mapping):
+            for name, doc in (
+                ("exported", "OTLP export requests accepted by the endpoint."),
+                ("failed", "OTLP export requests that failed."),
+                ("dropped", "OTLP export requests dropped from the full queue."),
+            ):
+                yield _counter(f"mysqlprobe_otlp_{name}", doc, float(otlp.get(name, 0)))
         queues = GaugeMetricFamily("mysqlprobe_queue_depth", "Messages waiting in a queue.", labels=["queue"])
         for name, depth in sorted((self.queue_depths() if self.queue_depths else {}).items()):
             queues.add_metric([name], float(depth))
