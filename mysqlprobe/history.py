@@ -159,6 +159,10 @@ class HistoryService:
         future = loop.run_in_executor(self._write_pool, self._write, report, time.time_ns())
         future.add_done_callback(self._written)
 
+    async def flush(self) -> None:
+        """Until every report recorded so far is written (or failed)."""
+        await asyncio.get_running_loop().run_in_executor(self._write_pool, lambda: None)
+
     def _write(self, report: dict[str, Any], now_ns: int) -> dict[str, Any]:
         started = time.perf_counter()
         store = self._store()

@@ -169,6 +169,8 @@ class MasterNode(BaseNode):
                 self._dirty = True
                 await self.checkpoint()
                 self.publish(report)
+                if self.history is not None:
+                    await self.history.flush()  # in history before the outbox forgets it
                 self.outbox = None
                 self._dirty = True
             self.settings.apply_pending()
