@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 import websockets
@@ -37,8 +38,8 @@ CLOSE_STALE_EPOCH = 4409
 DEFAULT_TEXT_CACHE = 200_000
 
 
-def collector_url(addr: str) -> str:
-    return f"ws://{addr}/collector"
+def collector_url(addr: str, *, secure: bool = False) -> str:
+    return f"{'wss' if secure else 'ws'}://{addr}/collector"
 
 
 class MalformedMessage(ValueError):
@@ -102,6 +103,7 @@ class Subscriptions:
         ping_s: float = 30.0,
         max_size: int = 64 << 20,
         on_refused: Callable[[Link, int], None] | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.on_report = on_report
         self.hello = hello
@@ -109,6 +111,7 @@ class Subscriptions:
         self.ping_s = ping_s
         self.max_size = max_size
         self.on_refused = on_refused
+        self.ssl = ssl  # wss:// with these certificate checks when set
         self.links: dict[str, Link] = {}
         self.malformed = 0
         self.texts: OrderedDict[str, str] = OrderedDict()
@@ -164,7 +167,8 @@ class Subscriptions:
             link.dials += 1
             try:
                 async with websockets.connect(
-                    collector_url(link.addr),
+                    collector_url(link.addr, secure=self.ssl is not None),
+                    ssl=self.ssl,
                     open_timeout=5,
                     ping_interval=self.ping_s,
                     ping_timeout=self.ping_s,

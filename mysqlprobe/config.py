@@ -257,6 +257,20 @@ class HttpConfig:
 
 
 @dataclass
+class TlsConfig:
+    certfile: str = ""
+    """PEM certificate chain this node serves with (https, wss /collector); empty: plain."""
+    keyfile: str = ""
+    """PEM private key of certfile."""
+    dial: bool = False
+    """Dial slaves (master subscriptions) and ingest servers (pusher) with wss://."""
+    cafile: str = ""
+    """PEM CA certificates that peers dialled must chain to; empty: the system's CAs."""
+    verify: bool = True
+    """Check peers' certificates and host names when dialling; false only in a lab."""
+
+
+@dataclass
 class Config:
     slave: bool = True
     """true: capture and report (slave); false: merge slaves' reports (master or standby)."""
@@ -290,6 +304,7 @@ class Config:
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
     def node_name(self) -> str:

@@ -44,6 +44,7 @@ class MasterNode(BaseNode):
             ping_s=config.websocket.pingtimeouts,
             max_size=config.websocket.maxmessagesize,
             on_refused=self._refused,
+            ssl=self.client_tls,
         )
         self.clustering.on_change = self._retarget
         self.interval_start = time.time_ns()

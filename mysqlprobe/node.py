@@ -42,6 +42,7 @@ from mysqlprobe.logging_setup import configure as configure_logging
 from mysqlprobe.otlp import OtlpExporter
 from mysqlprobe.prometheus import NodeMetrics
 from mysqlprobe.server import CollectorHub, HTTPProblem, check_token, errors_as_json, parse_int, request_params
+from mysqlprobe.tls import client_context, server_context
 from probe.engine import EngineConfig
 from probe.flows import FlowLimits
 from pusher.client import Pusher
@@ -109,6 +110,8 @@ class BaseNode:
             max_message=config.websocket.maxmessagesize,
             max_inbound=config.websocket.maxinbound,
         )
+        self.server_tls = server_context(config.tls)
+        self.client_tls = client_context(config.tls)
         self.guard = ConnectionGuard(
             max_connections=config.http.maxconnections, idle_timeout_s=float(config.http.idletimeouts)
         )
@@ -122,6 +125,7 @@ class BaseNode:
                 preconnect=config.pusher.preconnect,
                 reconnect_max_s=config.websocket.reconnectperiods,
                 spool=spool,
+                ssl=self.client_tls,
             )
             for key, data in spool.items():  # unacknowledged before a restart: resend
                 self.pusher.restore(key, data, spooled=True)
@@ -241,9 +245,17 @@ class BaseNode:
         assert runner.server is not None
         self.guard.attach(runner.server)
         self._tasks.append(asyncio.ensure_future(self.guard.sweeper()))
-        site = web.TCPSite(runner, self.config.bind, self.config.serverport)
+        site = web.TCPSite(runner, self.config.bind, self.config.serverport, ssl_context=self.server_tls)
         await site.start()
-        log.info("%s %s serving on %s:%d", self.current_role, self.name, self.config.bind, self.config.serverport)
+        scheme = "https" if self.server_tls is not None else "http"
+        log.info(
+            "%s %s serving on %s:%d (%s)",
+            self.current_role,
+            self.name,
+            self.config.bind,
+            self.config.serverport,
+            scheme,
+        )
         self._tasks.append(asyncio.ensure_future(self._cluster_loop()))
         if self.pusher is not None:
             self._tasks.append(asyncio.ensure_future(self.pusher.run()))

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, Protocol
 
 import websockets
@@ -67,6 +68,7 @@ class Pusher:
         ack_timeout_s: float = 10.0,
         reconnect_max_s: float = 5.0,
         spool: Spool | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         if not servers:
             raise ValueError("a pusher needs at least one server")
@@ -77,6 +79,7 @@ class Pusher:
         self.ack_timeout_s = ack_timeout_s
         self.reconnect_max_s = reconnect_max_s
         self.spool = spool
+        self.ssl = ssl  # wss:// with these certificate checks when set
         # (node, seq) -> encoded report; insertion order is send order.
         self.unacked: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._sent_at: dict[tuple[str, int], float] = {}
@@ -173,8 +176,9 @@ class Pusher:
         if time.monotonic() < server.backoff_until:
             return False
         try:
+            scheme = "ws" if self.ssl is None else "wss"
             server.ws = await websockets.connect(
-                f"ws://{server.addr}{self.path}", open_timeout=5, close_timeout=2, max_size=1 << 20
+                f"{scheme}://{server.addr}{self.path}", ssl=self.ssl, open_timeout=5, close_timeout=2, max_size=1 << 20
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             self._fail(server, f"{type(exc).__name__}: {exc}")

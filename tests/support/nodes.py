@@ -44,8 +44,13 @@ class Node:
         return f"http://127.0.0.1:{self.port}"
 
     def start(
-        self, timeout: float = 60.0, env: dict[str, str] | None = None, preexec_fn: Callable[[], Any] | None = None
+        self,
+        timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+        ready: Callable[[], Any] | None = None,
     ) -> Node:
+        """Start and wait until ``ready()`` (default: GET /status over plain http) succeeds."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mysqlprobe.cli", "run", "-c", str(self.path)],
@@ -60,7 +65,7 @@ class Node:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             try:
-                self.get("/status")
+                (ready or (lambda: self.get("/status")))()
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.2)
