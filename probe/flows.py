@@ -263,8 +263,10 @@ class FlowTable:
         half_seq = (seq + 1) & _MASK
         if conn is not None:
             half = conn.halves[direction]
-            if half.started and half.next_seq == half_seq and half.offset == 0:
-                return conn  # retransmitted SYN or the SYN-ACK of this connection
+            if half.started and half.offset_of(half_seq) == 0:
+                # A retransmitted SYN or the SYN-ACK of this connection (its sequence number
+                # is this stream's first), even one captured after data flowed.
+                return conn
             if direction == TO_CLIENT and not half.started:
                 half.start(half_seq)
                 return conn
