@@ -162,7 +162,7 @@ class ReportMerger:
         totals = dict(self.totals) or {"queries": 0, "commands": 0, "errors": 0, "coverage": 1.0}
         for name in ("queries", "commands", "errors", "packets", "bytes", "gaps", "resyncs"):
             totals.setdefault(name, 0)
-        for name in ("encrypted_conns", "unparsed_packets", "responses_lost", "incomplete"):
+        for name in ("encrypted_conns", "unparsed_packets", "responses_lost", "unread_exchanges", "incomplete"):
             totals.setdefault(name, 0)
         report = {
             "schema": SCHEMA_VERSION,

@@ -299,11 +299,13 @@ def report_totals(
     counters: Mapping[str, int], capture: Mapping[str, Any], templates: Iterable[TemplateStats]
 ) -> dict[str, Any]:
     """The ``totals`` block of a report. ``coverage`` is the share of the commands observed
-    (completed, or whose response was lost) that were fully analysed."""
+    (completed, whose response was lost, or proven by a server response the probe could not
+    read: encrypted, unparsable or not MySQL) that were fully analysed."""
     commands = int(counters.get("commands", 0))
     incomplete = int(counters.get("incomplete", 0))
     lost = int(capture.get("responses_lost", 0))
-    observed = commands + lost
+    unread = int(capture.get("unread_exchanges", 0))
+    observed = commands + lost + unread
     return {
         "queries": sum(n for t in templates for name, n in t.commands.items() if name in STATEMENT_COMMANDS),
         "commands": commands,
@@ -315,6 +317,8 @@ def report_totals(
         "encrypted_conns": int(capture.get("encrypted_conns", 0)),
         "unparsed_packets": int(capture.get("unparsed_segments", 0)),
         "responses_lost": lost,
+        "unread_exchanges": unread,
+        "non_mysql_conns": int(capture.get("non_mysql_conns", 0)),
         "incomplete": incomplete,
         "coverage": round((commands - incomplete) / observed, 6) if observed else 1.0,
     }
@@ -326,7 +330,7 @@ def merge_totals(into: dict[str, Any], other: Mapping[str, Any]) -> None:
         if name != "coverage" and isinstance(value, int) and not isinstance(value, bool):
             into[name] = into.get(name, 0) + value
     commands = into.get("commands", 0)
-    observed = commands + into.get("responses_lost", 0)
+    observed = commands + into.get("responses_lost", 0) + into.get("unread_exchanges", 0)
     into["coverage"] = round((commands - into.get("incomplete", 0)) / observed, 6) if observed else 1.0
 
 

@@ -35,6 +35,8 @@ def profile(doc: dict[str, Any], *, top: int, width: int, details: int = 3) -> s
         f"# coverage {totals['coverage'] * 100:.2f}%: {_count(totals['gaps'])} gaps, "
         f"{_count(totals['resyncs'])} resyncs, {_count(totals['responses_lost'])} responses lost, "
         f"{_count(totals['encrypted_conns'])} encrypted connections, "
+        f"{_count(totals.get('unread_exchanges', 0))} exchanges unread, "
+        f"{_count(totals.get('non_mysql_conns', 0))} connections not MySQL, "
         f"{_count(totals['unparsed_packets'])} unparsed packets",
         f"# analysed in {doc['analysis']['elapsed_s']:.2f} s with {doc['analysis']['workers']} worker(s)",
     ]

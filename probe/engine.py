@@ -366,6 +366,8 @@ class Engine:
         ):
             counters[name] = self.events.get(name, 0)
         counters["unparsed_segments"] = self.flows.unparsed_segments()
+        counters["unread_exchanges"] = self.flows.unread_exchanges()
+        counters["non_mysql_conns"] = self.flows.non_mysql_conns()
         counters["connections_active"] = len(self.flows.table)
         counters["normalizer_cache_resets"] = self.normalizer.cache_resets
         counters["limit_hits"] = self.flows.limit_hits()

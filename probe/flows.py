@@ -150,6 +150,8 @@ class FlowTable:
         self.counters = FlowCounters()
         self.tcp_segments = 0  # kept apart from ``counters``: it moves on every packet
         self.unparsed_closed = 0  # unparsed segments of connections already gone
+        self.unread_closed = 0  # exchanges of connections already gone that could not be read
+        self.non_mysql_closed = 0  # connections already gone that did not speak MySQL
         self.limit_hits_closed: dict[str, int] = {}  # conversation bounds hit by closed connections
         # Client endpoint -> (user, db, connection id, {statement id: SQL}), from the
         # server's process list and from a checkpoint, for connections whose handshake the
@@ -388,6 +390,8 @@ class FlowTable:
         if events:
             self.on_events(events)
         self.unparsed_closed += conn.conv.unparsed_segments
+        self.unread_closed += conn.conv.unread_exchanges
+        self.non_mysql_closed += conn.conv.not_mysql
         for name, hits in conn.conv.limit_hits.items():
             self.limit_hits_closed[name] = self.limit_hits_closed.get(name, 0) + hits
         if self.table.get(key) is conn:
@@ -437,3 +441,12 @@ class FlowTable:
 
     def unparsed_segments(self) -> int:
         return self.unparsed_closed + sum(conn.conv.unparsed_segments for conn in self.table.values())
+
+    def unread_exchanges(self) -> int:
+        """Exchanges the server answered that could not be analysed (encrypted, unparsable,
+        not MySQL): they count against coverage."""
+        return self.unread_closed + sum(conn.conv.unread_exchanges for conn in self.table.values())
+
+    def non_mysql_conns(self) -> int:
+        """Connections on the watched port whose peers did not speak MySQL (HTTP, TLS, SSH)."""
+        return self.non_mysql_closed + sum(conn.conv.not_mysql for conn in self.table.values())

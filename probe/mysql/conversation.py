@@ -55,6 +55,8 @@ class Conversation(Responses):
                 self._c_off += size
             else:
                 self._s_off += size
+                if self.phase == ENCRYPTED:
+                    self._unread_exchange()
             self.unparsed_segments += 1
             return events
         if direction == TO_SERVER:
@@ -113,8 +115,13 @@ class Conversation(Responses):
             self._s_off += size
             gap_end = self._s_off
             self._reset_server()
+            lost = False
             while self.pending and (self.pending[0].resp_start is None or self.pending[0].resp_start < gap_end):
                 self._lose(ts, "gap")
+                lost = True
+            if not lost and not self.pending:
+                self._unread_exchange()
+            self._turn_mark = self._c_off
             if self._login is not None:
                 self._login = None
                 self._events.append(ResponseLost(ts, CONNECT, "gap"))

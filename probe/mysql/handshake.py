@@ -66,6 +66,7 @@ class Handshake(ConnectionState):
             try:
                 greeting = p.parse_greeting(payload)
             except p.BAD_BYTES as exc:
+                self.not_mysql = True  # the server's first bytes are not a greeting
                 self._server_garbage(ts, str(exc))
                 return
             self.server_caps = greeting.capabilities

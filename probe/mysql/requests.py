@@ -21,6 +21,7 @@ from probe.mysql.state import (
     CLOSED,
     COMMANDS,
     ENCRYPTED,
+    GREETING,
     LOGIN,
     PENDING_OVERHEAD,
     R_AUTH,
@@ -186,6 +187,8 @@ class Requests(PreparedStatements):
             self.phase = COMMANDS
             self._client_packet(ts, seq, payload, size, cut, ack)
         else:
+            if phase == GREETING:
+                self.not_mysql = True  # MySQL clients never speak first (HTTP, TLS, ...)
             self._client_garbage(ts, "client bytes before the server greeting")
 
     def _command(self, ts: int, payload: bytes, size: int, cut: bool, ack: int | None) -> None:

@@ -40,6 +40,9 @@ from probe.mysql.state import (
     used_db,
 )
 
+#: Longest plausible server greeting: a packet announced longer than this is not MySQL.
+_MAX_GREETING = 1 << 12
+
 
 class Responses(Requests):
     """The server -> client direction."""
@@ -49,6 +52,8 @@ class Responses(Requests):
         data = self._server_boundary(ts, data, start)
         if not data:
             self.unparsed_segments += 1
+            if not self.pending and self.phase < ENCRYPTED:
+                self._unread_exchange()
         elif self._s_inflate is None:
             self._server_plain(ts, data)
         else:
@@ -288,6 +293,11 @@ class Responses(Requests):
         end = pos + 4 + length
         phase = self.phase
         if phase == AUTH or phase == GREETING:
+            if end > n and length + 4 > (self.limits.max_packet_buffer if phase == AUTH else _MAX_GREETING):
+                # Not the MySQL protocol (an SSH banner, an HTTP response read as a length).
+                self.not_mysql = self.not_mysql or phase == GREETING
+                self._server_garbage(ts, f"packet of {length} bytes where a greeting or login reply starts")
+                return False
             if end <= n:
                 try:
                     self._login_packet(ts, data[pos + 4 : end], 4 + length)

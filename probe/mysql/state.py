@@ -197,6 +197,11 @@ class ConnectionState:
         self.pending_bytes = 0  # sum of the pending requests' ``cost``
         self.limit_hits: dict[str, int] = {}
         self.unparsed_segments = 0  # segments skipped: encrypted, replication, or resyncing
+        # Exchanges (client bytes answered by server bytes) that could not be read: encrypted,
+        # unparsable, or not MySQL at all. Commands the server proved it ran, not analysed.
+        self.unread_exchanges = 0
+        self._turn_mark = 0  # client stream offset up to which exchanges are accounted for
+        self.not_mysql = False  # the peer's first bytes were not the MySQL protocol
         self._events: list[Event] = []
         # client -> server stream
         self._c_off = 0  # absolute offset of the next byte to arrive
@@ -241,8 +246,18 @@ class ConnectionState:
         self._events.append(Garbage(ts, TO_CLIENT, reason))
         if self.pending:
             self._lose(ts, "unparsable response")
+        else:
+            self._unread_exchange()
+        self._turn_mark = self._c_off
         self._reset_server()
         self._s_desync = True
+
+    def _unread_exchange(self) -> None:
+        """Server bytes that could not be read answer client bytes sent since the last
+        exchange accounted for: count one exchange the probe could not analyse."""
+        if self._c_off > self._turn_mark:
+            self.unread_exchanges += 1
+            self._turn_mark = self._c_off
 
     def _reset_server(self) -> None:
         self._s_buf.clear()
@@ -309,6 +324,7 @@ class ConnectionState:
 
     def _encrypted(self, ts: int) -> None:
         self.phase = ENCRYPTED
+        self._turn_mark = self._c_off  # the SSLRequest or ClientHello is not a command
         self.pending.clear()
         self.pending_bytes = 0
         self._events.append(ConnectionEncrypted(ts))
