@@ -15,6 +15,9 @@ command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 [ -e /usr/include/pcap.h ] || missing+=(libpcap-dev)
 command -v serf >/dev/null 2>&1 || missing+=(serf)  # gossip membership (cluster/serf.py)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # promtool checks /metrics
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)  # examples/nats: JetStream ingest
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # examples/nats: merged state
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies examples/systemd units
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # the dashboard's browser tests
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
