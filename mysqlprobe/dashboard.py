@@ -11,7 +11,9 @@ for an asset, nothing fetched from the network) and reads the node's own feed:
   has data before the next interval ends; ``null`` before the first report;
 - ``GET /api/dashboard/template?key=K``: a template's text pretty-printed by sqlparse, once
   per key (cached, off the capture path, in a thread); 400 for a malformed key, 404 for a
-  key the node does not know.
+  key the node does not know;
+- in history mode, ``/api/history/top`` and ``/api/history/series`` (``mysqlprobe.history``)
+  over a range the operator picks.
 
 The offline report inlines the replay document and the pretty-printed templates in a
 ``<script type="application/json">`` block; the same scripts render it without a feed.
@@ -32,7 +34,7 @@ from aiohttp import web
 from mysqlprobe.server import CollectorHub, HTTPProblem
 
 #: The page's scripts, in load order.
-SCRIPTS = ("snappy.js", "model.js", "view.js", "app.js")
+SCRIPTS = ("snappy.js", "model.js", "view.js", "history.js", "app.js")
 #: Pretty-printed templates remembered by the node.
 PRETTY_CACHE = 4096
 #: Templates longer than this are shown as captured (sqlparse slows down on huge texts).

@@ -41,6 +41,8 @@
       this.lastMessageAt = 0;
       this.requested = new Set();
       this._dirty = false;
+      this.mode = "live"; // or "history": a past range from /api/history/*
+      this.hist = this.live ? new MP.HistoryView(this) : null;
       this.build();
       if (this.live) this.startLive();
       else this.model.add(data.doc);
@@ -61,11 +63,29 @@
       this.el.title = h("span", { id: "title" }, "mysqlprobe");
       this.el.node = h("span", { id: "node-info" });
       this.el.conn = h("span", { id: "conn", class: "badge" });
+      const modeSelect = h(
+        "select",
+        { id: "mode", onchange: (e) => this.setMode(e.target.value) },
+        h("option", { value: "live", selected: true }, "live"),
+        h("option", { value: "history" }, "history")
+      );
+      this.el.windowPick = h("span", { id: "window-pick" }, "window ", windowSelect);
+      this.el.histControls = this.hist ? this.hist.controls() : null;
       body.appendChild(
-        h("header", {}, this.el.title, this.el.node, h("span", { class: "spacer" }), this.live ? ["window ", windowSelect] : null, this.el.conn)
+        h(
+          "header",
+          {},
+          this.el.title,
+          this.el.node,
+          h("span", { class: "spacer" }),
+          this.live ? [modeSelect, this.el.windowPick, this.el.histControls] : null,
+          this.el.conn
+        )
       );
       this.el.health = h("section", { id: "health" });
       body.appendChild(this.el.health);
+      this.el.histNote = h("section", { id: "history-note", hidden: true });
+      body.appendChild(this.el.histNote);
       const main = h("main", {});
       const filters = h(
         "div",
@@ -80,7 +100,8 @@
       this.el.tbody = h("tbody", {});
       this.el.table = h("table", { id: "templates" }, this.el.thead, this.el.tbody);
       this.el.side = h("aside", { id: "side" });
-      main.appendChild(h("section", { id: "top" }, h("h2", {}, "Top templates by load"), filters, this.el.table));
+      this.el.tableTitle = h("h2", {}, "Top templates by load");
+      main.appendChild(h("section", { id: "top" }, this.el.tableTitle, filters, this.el.table));
       main.appendChild(this.el.side);
       body.appendChild(main);
       this.el.detail = h("section", { id: "detail", hidden: true });
@@ -95,7 +116,26 @@
     setFilter(name, value) {
       this.filter[name] = value;
       this.page = 0;
+      if (name === "user" && this.mode === "history") this.hist.userChanged(); // users are a history dimension
       this.render();
+    }
+
+    setMode(mode) {
+      this.mode = mode;
+      this.page = 0;
+      this.selected = null;
+      this.el.detail.hidden = true;
+      const history = mode === "history";
+      this.el.windowPick.hidden = history;
+      this.el.histControls.hidden = !history;
+      this.el.histNote.hidden = !history;
+      document.getElementById("f-user").placeholder = history ? "user" : "user (from samples)";
+      if (history) this.hist.load();
+      this.render();
+    }
+
+    get showTrends() {
+      return this.live && this.mode === "live";
     }
 
     // -- live feed ------------------------------------------------------------------------
@@ -188,6 +228,11 @@
     render() {
       this.renderHeader();
       this.renderHealth();
+      if (this.mode === "history") {
+        this.el.histNote.textContent = "";
+        this.el.histNote.appendChild(this.hist.banner());
+        this.el.tableTitle.textContent = "Top templates by load over the range";
+      } else this.el.tableTitle.textContent = "Top templates by load";
       this.renderTable();
       this.renderSide();
       if (this.selected) this.renderDetail();
@@ -249,7 +294,8 @@
       const f = this.filter;
       const text = f.text.trim().toLowerCase();
       const user = f.user.trim().toLowerCase();
-      let rows = this.model.rows();
+      const history = this.mode === "history";
+      let rows = history ? this.hist.rows() : this.model.rows();
       const servers = new Set(rows.map((r) => r.server));
       const dbs = new Set(rows.map((r) => r.db));
       this.fillSelect(this.el.server, "all servers", servers, f.server);
@@ -258,7 +304,7 @@
         (r) =>
           (!f.server || r.server === f.server) &&
           (!f.db || r.db === f.db) &&
-          (!user || Array.from(r.users).some((u) => u.toLowerCase().includes(user))) &&
+          (history || !user || Array.from(r.users).some((u) => u.toLowerCase().includes(user))) &&
           (!text || r.text.toLowerCase().includes(text) || r.key.includes(text))
       );
       const k = this.sort.key;
@@ -282,7 +328,7 @@
     }
 
     renderTable() {
-      const cols = COLUMNS.filter((c) => this.live || !c.live);
+      const cols = COLUMNS.filter((c) => this.showTrends || !c.live);
       this.el.thead.textContent = "";
       this.el.thead.appendChild(
         h(
@@ -321,11 +367,12 @@
       );
       this.el.tbody.textContent = "";
       if (!shown.length) {
-        this.el.tbody.appendChild(h("tr", { class: "empty" }, h("td", { colspan: cols.length }, this.model.reportsMerged ? "no template matches" : "waiting for the first report…")));
+        const why = this.mode === "history" ? (this.hist.loading ? "loading…" : "no template in this range") : this.model.reportsMerged ? "no template matches" : "waiting for the first report…";
+        this.el.tbody.appendChild(h("tr", { class: "empty" }, h("td", { colspan: cols.length }, why)));
         return;
       }
       shown.forEach((r, i) => {
-        const series = this.live ? this.model.series(r.id) : [];
+        const series = this.showTrends ? this.model.series(r.id) : [];
         const cells = {
           rank: first + i + 1,
           text: [h("div", { class: "sql" }, r.text || "(template text not received yet)"), h("div", { class: "meta" }, `${r.key} · ${r.db || "(no db)"} · ${r.server}`)],
@@ -336,8 +383,8 @@
           p50: us(r.p50),
           p99: us(r.p99),
           rows: num(r.rowsPerCall, 1),
-          "spark-calls": this.live ? sparkline(series.map((p) => p[2]), { class: "calls", label: "calls/s", format: rate }) : null,
-          "spark-p99": this.live ? sparkline(series.map((p) => p[3]), { class: "p99", label: "p99", format: us }) : null,
+          "spark-calls": this.showTrends ? sparkline(series.map((p) => p[2]), { class: "calls", label: "calls/s", format: rate }) : null,
+          "spark-p99": this.showTrends ? sparkline(series.map((p) => p[3]), { class: "p99", label: "p99", format: us }) : null,
         };
         this.el.tbody.appendChild(
           h(
@@ -468,10 +515,25 @@
     }
 
     renderDetail() {
-      const agg = this.model.window().templates.get(this.selected);
       const d = this.el.detail;
       d.textContent = "";
       const close = h("button", { id: "close", onclick: () => this.close() }, "close ✕");
+      if (this.mode === "history") {
+        const row = this.hist.rows().find((r) => r.id === this.selected);
+        if (!row) {
+          put(d, close, h("p", {}, "This template is not in the range any more."));
+          return;
+        }
+        put(
+          d,
+          h("div", { class: "detail-head" }, h("h2", {}, "Template ", h("code", { id: "detail-key" }, row.key)), close),
+          h("div", { class: "meta" }, `database ${row.db || "(none)"} · server ${row.server} · history ${this.hist.from} to ${this.hist.to}`),
+          h("pre", { id: "pretty", class: "sql" }, this.prettyText(row.key, row.text)),
+          this.hist.detail(row)
+        );
+        return;
+      }
+      const agg = this.model.window().templates.get(this.selected);
       if (!agg) {
         put(d, close, h("p", {}, "This template has no calls in the window any more."));
         return;

@@ -270,3 +270,72 @@ def test_master_dashboard_shows_slaves_breakdown_and_missing_intervals(server: M
         master.stop()
         for node in slaves:
             node.stop()
+
+
+def test_history_range_picker_switches_between_live_and_a_past_range(server: MariaDB, tmp_path: Path) -> None:
+    # A slave no master subscribes to keeps history (history.mode auto).
+    config = {"interval": 1, "probe": {"device": "lo", "port": server.port, "workers": 1}}
+    node = Node(tmp_path, config, "hist").start()
+    collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+    browser = Browser()
+    try:
+        browser.goto(node.url + "/")
+        browser.wait("document.querySelector('#conn').textContent.startsWith('live')")
+        run_workload(server, sleeps=12, lookups=40)
+        settle(collector)
+        sums = totals(collector.reports)
+        top = max(sums, key=lambda k: sums[k]["sum"])
+        assert sums[top]["count"] == 12
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the history writer runs behind the feed
+            stored = node.get("/api/history/top?from=-15m&limit=1")["templates"]
+            if stored and stored[0]["key"] == top[2] and stored[0]["count"] == 12:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"history never held the workload: {stored}")
+        browser.wait(f"{COUNT_OF.format(key=top[2])} === 12", 30)
+
+        browser.call("select", selector="#mode", value="history")
+        browser.call("select", selector="#h-range", value="-15m")
+        browser.wait("document.querySelector('#history-note').textContent.startsWith('History')", 30)
+        browser.wait(f"{ROW} && {ROW}.dataset.key === '{top[2]}' && {COUNT_OF.format(key=top[2])} === 12", 30)
+        assert browser.eval("document.querySelector('th.col-spark-calls')") is None  # trends are live-only
+        shot = SCREENSHOTS / "history-table.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        browser.call("screenshot", path=str(shot))
+        assert ink_fraction(shot) > 0.05
+        note = browser.eval("document.querySelector('#history-note').textContent")
+        assert "templates" in note and "held from" in note
+        browser.call("click", selector=f"#templates tr.tpl[data-key='{top[2]}']")
+        browser.wait("document.querySelector('#history-series') !== null", 30)
+        stats = browser.eval(
+            "Object.fromEntries(Array.from(document.querySelectorAll('#detail-stats tr'))"
+            ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))"
+        )
+        assert stats["calls"] == "12"
+        shot = SCREENSHOTS / "history-detail.png"
+        browser.call("screenshot", path=str(shot))
+        assert ink_fraction(shot) > 0.05
+        browser.call("click", selector="#close")
+
+        # A range before the workload holds none of it; a bad range is the node's 400 reason.
+        browser.call("fill", selector="#h-from", value="-2d")
+        browser.call("fill", selector="#h-to", value="-1d")
+        browser.call("click", selector="#h-show")
+        browser.wait("document.querySelector('#templates tr.empty') !== null", 30)
+        browser.call("fill", selector="#h-from", value="yesterday-ish")
+        browser.call("click", selector="#h-show")
+        browser.wait("document.querySelector('#history-note').textContent.startsWith('history: from:')", 30)
+
+        # Back to live: the feed's table, with its trends.
+        browser.call("select", selector="#mode", value="live")
+        browser.wait(f"{COUNT_OF.format(key=top[2])} === 12", 30)
+        assert browser.eval("document.querySelector('th.col-spark-calls') !== null")
+        assert browser.problems()["problems"] == [
+            "console: Failed to load resource: the server responded with a status of 400 (Bad Request)"
+        ]
+    finally:
+        browser.close()
+        collector.close()
+        node.stop()
