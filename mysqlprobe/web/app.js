@@ -282,6 +282,8 @@
         chip("responses lost", num(hl.responsesLost), hl.responsesLost > 0, "h-lost"),
         chip("capture downtime", hl.captureGapNs ? us(hl.captureGapNs / 1000) : "none", hl.captureGapNs > 0, "h-downtime"),
         chip("encrypted conns", num(hl.encrypted), false, "h-encrypted"),
+        hl.unread ? chip("unread exchanges", num(hl.unread), true, "h-unread") : null,
+        hl.nonMysql ? chip("non-MySQL conns", num(hl.nonMysql), false, "h-non-mysql") : null,
         chip("packets", num(hl.packets), false, "h-packets"),
         chip("bytes", bytes(hl.bytes), false, "h-bytes"),
         this.live ? chip("workers missing/restarted", `${hl.workersMissing}/${hl.workersRestarted}`, hl.workersMissing > 0, "h-workers") : null,

@@ -387,7 +387,8 @@
       const latest = this.latest || {};
       const t = w.totals;
       const commands = t.commands || 0;
-      const observed = commands + (t.responses_lost || 0); // as message/report.py report_totals
+      // As message/report.py merge_totals: commands analysed / commands observed.
+      const observed = commands + (t.responses_lost || 0) + (t.unread_exchanges || 0);
       return {
         packets: w.capture.packets || 0,
         bytes: w.capture.bytes || 0,
@@ -396,6 +397,8 @@
         resyncs: t.resyncs || 0,
         responsesLost: t.responses_lost || 0,
         encrypted: t.encrypted_conns || 0,
+        unread: t.unread_exchanges || 0,
+        nonMysql: t.non_mysql_conns || 0,
         captureGapNs: w.capture.capture_gap_ns || 0,
         workersMissing: (latest.capture || {}).workers_missing || 0,
         workersRestarted: (latest.capture || {}).workers_restarted || 0,

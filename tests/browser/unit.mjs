@@ -30,6 +30,7 @@ if (cases.reports) {
     accepted,
     rows: model.rows().map((r) => ({ key: r.key, db: r.db, server: r.server, count: r.count, errors: r.errors, p99: r.p99, share: r.share })),
     frames: model.frames.length,
+    health: model.health(),
     series: Object.fromEntries(model.rows().map((r) => [r.key, model.series(r.id).map((p) => p[2])])),
   };
 }

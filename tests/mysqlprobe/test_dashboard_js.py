@@ -12,9 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import snappy
 
 from message import LatencySketch, encode
+from message.report import merge_totals
 from tests.support.browser import ROOT
 
 UNIT = ROOT / "tests" / "browser" / "unit.mjs"
@@ -105,7 +107,7 @@ def test_model_merges_reports_once_and_sums_counts(tmp_path: Path) -> None:
                 "seq": seq,
                 "interval": {"start_ns": start, "end_ns": start + 10 * second},
                 "templates": [entry("a" * 16, 3, [100, 200, 300], {}), entry("b" * 16, 1, [5000], {"1146": 1})],
-                "totals": {"commands": 4},
+                "totals": {"commands": 4, "incomplete": seq % 2, "responses_lost": 1, "unread_exchanges": seq},
                 "capture": {"packets": 10},
                 "slow": [],
             }
@@ -123,5 +125,10 @@ def test_model_merges_reports_once_and_sums_counts(tmp_path: Path) -> None:
     assert abs(rows["b" * 16]["share"] - 25000 / (25000 + 3000)) < 1e-9
     # Sparklines span the whole window (60 slots of 10 s here): the five reports are the last
     # five slots, the slots before them are empty (no report), not zero.
+    # Coverage over the window is the report's rule over the summed totals.
+    merged: dict[str, Any] = {}
+    for report in reports[:5]:
+        merge_totals(merged, report["totals"])
+    assert out["health"]["windowCoverage"] == pytest.approx(merged["coverage"], abs=1e-6)
     series = out["series"]["a" * 16]
     assert len(series) == 60 and series[:55] == [None] * 55 and series[55:] == [0.3] * 5
