@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mysql.connector
 import pymysql
 import pytest
 
@@ -274,7 +275,7 @@ def test_master_dashboard_shows_slaves_breakdown_and_missing_intervals(server: M
 
 def test_history_range_picker_switches_between_live_and_a_past_range(server: MariaDB, tmp_path: Path) -> None:
     # A slave no master subscribes to keeps history (history.mode auto).
-    config = {"interval": 1, "probe": {"device": "lo", "port": server.port, "workers": 1}}
+    config = {"interval": 1, "slowthresholdms": 20, "probe": {"device": "lo", "port": server.port, "workers": 1}}
     node = Node(tmp_path, config, "hist").start()
     collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
     browser = Browser()
@@ -332,6 +333,23 @@ def test_history_range_picker_switches_between_live_and_a_past_range(server: Mar
         browser.call("select", selector="#mode", value="live")
         browser.wait(f"{COUNT_OF.format(key=top[2])} === 12", 30)
         assert browser.eval("document.querySelector('th.col-spark-calls') !== null")
+
+        # Without redact, a slow prepared statement's sample shows its parameters.
+        conn = mysql.connector.connect(
+            host="127.0.0.1", port=server.port, user="root", database=workload.DB, use_pure=True, autocommit=True
+        )
+        cur = conn.cursor(prepared=True)
+        cur.execute("SELECT SLEEP(%s), %s AS tag", (0.03, "visible-param"))
+        cur.fetchall()
+        conn.close()
+        browser.wait(
+            "Array.from(document.querySelectorAll('#templates tr.tpl .sql')).some(e => e.textContent.includes('tag'))"
+        )
+        browser.call("fill", selector="#f-text", value="AS tag")
+        browser.call("click", selector="#templates tr.tpl")
+        browser.wait("document.querySelector('#samples') !== null", 30)
+        params = browser.eval("document.querySelector('#samples tr:nth-child(2) td.params').textContent")
+        assert json.loads(params) == [0.03, "visible-param"]
         assert browser.problems()["problems"] == [
             "console: Failed to load resource: the server responded with a status of 400 (Bad Request)"
         ]
