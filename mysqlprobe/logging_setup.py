@@ -3,7 +3,8 @@
 Owns the root handler. ``text`` is one line per record (time, logger, level, message);
 ``json`` is one object per line with ``ts`` (RFC 3339, UTC), ``level``, ``logger``, ``msg``
 and, when present, ``exc`` and the fields passed as ``extra={"fields": {...}}``. Statement
-text may hold secrets: code logs SQL only at debug, through ``sql_for_log`` (cut).
+text may hold secrets: no log line above debug carries SQL (tests/mysqlprobe/test_cli_ops.py
+runs a slave at info and looks for a statement's secret literal in its log).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import time
 from typing import Any, TextIO
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-#: Characters of a statement kept in a debug log line.
-SQL_LOG_LENGTH = 120
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,11 +49,3 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS.get(level, logging.INFO))
-
-
-def sql_for_log(sql: str, logger: logging.Logger) -> str:
-    """``sql`` cut for a debug line, or a placeholder when debug is off (the caller's line
-    then says no more than the statement's length)."""
-    if not logger.isEnabledFor(logging.DEBUG):
-        return f"<{len(sql)} bytes of SQL>"
-    return sql if len(sql) <= SQL_LOG_LENGTH else sql[:SQL_LOG_LENGTH] + "..."

@@ -237,3 +237,50 @@ def test_scrape_costs_little(tmp_path: Path) -> None:
         metrics.exposition()
     elapsed = (time.perf_counter() - started) / 5
     assert elapsed < 0.5, elapsed
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+@pytest.mark.mariadb
+@pytest.mark.live
+@pytest.mark.skipif(os.geteuid() != 0, reason="live capture on lo needs root")
+def test_master_metrics_add_up_the_slave(server: MariaDB, tmp_path: Path) -> None:
+    slave = Node(tmp_path, {"interval": 1, "probe": {"device": "lo", "port": server.port, "workers": 1}}, "mslave")
+    master = Node(tmp_path, {"interval": 1, "slave": False, "prometheus": {"topn": 3}}, "pmaster")
+    slave.start()
+    master.start()
+    try:
+        status, _ = master.request(f"/cluster/join?addr=127.0.0.1:{slave.port}", "POST")
+        assert status == 200
+        run_statements(server)
+        deadline = time.monotonic() + 60
+        while True:  # quiet, every slave report merged, and the master published after that
+            s, m = parse(scrape(slave)), parse(scrape(master))
+            merged = series(m, "mysqlprobe_merge_merged_total")
+            if (
+                merged == series(s, "mysqlprobe_reports_total")
+                and total(m, "mysqlprobe_statements_total") == total(s, "mysqlprobe_statements_total")
+                and series(s, "mysqlprobe_queries_total") > 0
+            ):
+                break
+            assert time.monotonic() < deadline, (merged, series(s, "mysqlprobe_reports_total"))
+            time.sleep(0.5)
+        text = scrape(master)
+    finally:
+        master.stop()
+        slave.stop()
+    promtool_check(text)
+    m = parse(text)
+    assert series(m, "mysqlprobe_role", role="master") == 1
+    assert series(m, "mysqlprobe_slaves_connected") == 1
+    assert series(m, "mysqlprobe_merge_duplicates_total") >= 0
+    assert series(m, "mysqlprobe_template_series") == 3
+    for name in ("mysqlprobe_statement_errors_total", "mysqlprobe_statement_rows_sent_total"):
+        assert total(m, name) == total(s, name), name
+    assert total(m, "mysqlprobe_statement_seconds_total") == pytest.approx(
+        total(s, "mysqlprobe_statement_seconds_total")
+    )
+    assert series(m, "mysqlprobe_capture_packets_total") == series(s, "mysqlprobe_capture_packets_total")
+    assert total(m, "mysqlprobe_merge_missing_intervals_total") == 0
