@@ -106,6 +106,9 @@
       body.appendChild(main);
       this.el.detail = h("section", { id: "detail", hidden: true });
       body.appendChild(this.el.detail);
+      document.addEventListener("keydown", (e) => {
+        if (e.key === "Escape" && this.selected) this.close();
+      });
     }
 
     setWindow(seconds) {
@@ -489,6 +492,8 @@
     open(id) {
       this.selected = id;
       this.el.detail.hidden = false;
+      // Below the capture health bar, which stays in sight.
+      this.el.detail.style.top = Math.max(0, this.el.health.getBoundingClientRect().bottom) + "px";
       this.render();
       this.el.detail.scrollTop = 0;
     }

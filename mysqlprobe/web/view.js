@@ -143,7 +143,8 @@
       if (m.value === null || m.value <= 0) continue;
       const x = Math.min(w - pad.r, Math.max(pad.l, xOfKey(MP.bucketPosition(m.value) + 0.5)));
       svg.appendChild(s("line", { x1: x, y1: pad.t - 4, x2: x, y2: pad.t + plotH, class: "mark " + m.class }));
-      svg.appendChild(s("text", { x: x + 3, y: pad.t + 4, class: "mark-label " + m.class }, m.label));
+      const right = x > w - pad.r - 30; // near the edge: label on the left of the line
+      svg.appendChild(s("text", { x: right ? x - 3 : x + 3, y: pad.t + 4, "text-anchor": right ? "end" : "start", class: "mark-label " + m.class }, m.label));
     }
     return svg;
   }
