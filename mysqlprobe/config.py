@@ -240,7 +240,7 @@ class HistoryConfig:
     minutedays: int = field(default=7, metadata={"check": _check_positive})
     """Days 1-minute rollups are kept."""
     hourdays: int = field(default=90, metadata={"check": _check_positive})
-    """Days 1-hour rollups are kept."""
+    """Days 1-hour and 1-day rollups are kept."""
     maxmb: int = field(default=1024, metadata={"check": _check_positive})
     """MiB of rows kept at most (sketches, counters and a fixed charge per row); the oldest
     rows a coarser level already holds go first, and are counted."""

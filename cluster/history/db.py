@@ -183,7 +183,10 @@ class PostgresDatabase(Database):
         return sql.replace("?", "%s")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(self._sql(sql), params)
+        if params:
+            self.conn.execute(self._sql(sql), params)
+        else:
+            self.conn.execute(sql.encode())  # no placeholders to fill: '%' stays a '%'
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self.conn.cursor() as cur:
@@ -191,7 +194,10 @@ class PostgresDatabase(Database):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
-            cur.execute(self._sql(sql), params)
+            if params:
+                cur.execute(self._sql(sql), params)
+            else:
+                cur.execute(sql.encode())
             return [tuple(row) for row in cur.fetchall()]
 
     def begin(self) -> None:

@@ -8,8 +8,8 @@ Owns the rows and their life:
   key, rollups and pruning due at ``now``). A report already written (same source and
   interval start) is skipped, so a master that republishes after a crash counts nothing twice.
 - Rollups: a closed minute becomes one row per series whose sketch is the bucket-wise sum
-  of its raw rows; a closed hour, the sum of its minutes. A row that arrives for a period
-  already rolled up is added into that period's rollup too.
+  of its raw rows; a closed hour, the sum of its minutes; a closed UTC day, the sum of its
+  hours. A row that arrives for a period already rolled up is added into those rollups too.
 - Retention per level (``Retention``), then a byte bound over all rows: the oldest rows that
   a coarser level already holds go first; rows removed for space are counted.
 - ``top``/``series``/``template``: answers computed from merged rows (see ``plan``), quantiles
@@ -25,14 +25,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.history.codec import encode_sketch, merge_encoded
+from cluster.history.codec import SketchSum, decode_sketch, encode_sketch
 from cluster.history.db import Database
 from cluster.history.plan import (
+    DAY,
+    DAY_NS,
     HOUR,
     HOUR_NS,
     LEVEL_NAMES,
     MINUTE,
     MINUTE_NS,
+    PERIOD_NS,
     RAW,
     Marks,
     Piece,
@@ -47,14 +50,15 @@ from message.report import TemplateStats
 ROW_OVERHEAD = 120
 ORDERS = ("load", "calls", "errors", "p99")
 QUANTILES = (0.5, 0.95, 0.99, 0.999)
-DAY_NS = 24 * HOUR_NS
 
 _COLUMNS = (
     "level, start_ns, series, calls, errors, lat_sum, lat_min, lat_max, rows_sent, rows_affected,"
     " bytes_in, bytes_out, no_index_used, first_seen_ns, last_seen_ns, extra, sketch"
 )
 _INSERT_ROW = f"INSERT INTO history_rows ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
-_MARK_NAMES = ("minutes_until", "hours_until", "raw_from", "minutes_from", "hours_from")
+_MARK_NAMES = ("minutes_until", "hours_until", "days_until", "raw_from", "minutes_from", "hours_from", "days_from")
+_UNTIL = {MINUTE: "minutes_until", HOUR: "hours_until", DAY: "days_until"}
+_FROM = {RAW: "raw_from", MINUTE: "minutes_from", HOUR: "hours_from", DAY: "days_from"}
 
 
 @dataclass(frozen=True)
@@ -120,23 +124,53 @@ def _row(level: int, start: int, series: int, stats: TemplateStats) -> tuple[Any
 
 def _stats(row: Sequence[Any], key: SeriesKey) -> TemplateStats:
     """A row (columns from ``calls`` on) as statistics."""
-    stats = TemplateStats(key[0], key[1], key[3], "")
-    (
-        stats.count,
-        _errors,
-        stats.latency_sum,
-        stats.latency_min,
-        stats.latency_max,
-        stats.rows_sent,
-        stats.rows_affected,
-        stats.bytes_in,
-        stats.bytes_out,
-        stats.no_index_used,
-        stats.first_seen_ns,
-        stats.last_seen_ns,
-    ) = (int(v) for v in row[:12])
+    stats = _accumulate(TemplateStats(key[0], key[1], key[3], ""), row)
+    stats.sketch = decode_sketch(bytes(row[13]))
+    return stats
+
+
+class _Tally:
+    """A sum of rows in progress: the counters in a ``TemplateStats``, the sketch in a
+    dense ``SketchSum`` (adding a stored sketch is one slice operation)."""
+
+    __slots__ = ("sketch", "stats")
+
+    def __init__(self, key: SeriesKey) -> None:
+        self.stats = TemplateStats(key[0], key[1], key[3], "")
+        self.sketch = SketchSum()
+
+    def add(self, row: Sequence[Any]) -> None:
+        """Add a row (columns from ``calls`` on)."""
+        _accumulate(self.stats, row)
+        self.sketch.add_encoded(bytes(row[13]))
+
+    def result(self) -> TemplateStats:
+        self.stats.sketch = self.sketch.sketch()
+        return self.stats
+
+
+def _accumulate(stats: TemplateStats, row: Sequence[Any]) -> TemplateStats:
+    """Add the counters of a row (columns from ``calls`` on) into ``stats``, as
+    ``TemplateStats.merge`` would; the caller adds the sketch."""
+    calls = int(row[0])
+    if calls <= 0:
+        return stats
+    if stats.count == 0:
+        stats.latency_min = int(row[3])
+        stats.first_seen_ns = int(row[10])
+    else:
+        stats.latency_min = min(stats.latency_min, int(row[3]))
+        stats.first_seen_ns = min(stats.first_seen_ns, int(row[10]))
+    stats.latency_max = max(stats.latency_max, int(row[4]))
+    stats.last_seen_ns = max(stats.last_seen_ns, int(row[11]))
+    stats.count += calls
+    stats.latency_sum += int(row[2])
+    stats.rows_sent += int(row[5])
+    stats.rows_affected += int(row[6])
+    stats.bytes_in += int(row[7])
+    stats.bytes_out += int(row[8])
+    stats.no_index_used += int(row[9])
     _add_extra(stats, row[12])
-    merge_encoded(stats.sketch, bytes(row[13]))
     return stats
 
 
@@ -246,6 +280,8 @@ class HistoryStore:
                 delta += self._add_into(MINUTE, floor_to(start_ns, MINUTE_NS), rows)
             if start_ns < meta.get("hours_until", 0):
                 delta += self._add_into(HOUR, floor_to(start_ns, HOUR_NS), rows)
+            if start_ns < meta.get("days_until", 0):
+                delta += self._add_into(DAY, floor_to(start_ns, DAY_NS), rows)
             began = meta.get("began_ns", 0)
             self._set_meta(
                 {
@@ -319,41 +355,39 @@ class HistoryStore:
     def _compact(self, now: int) -> None:
         meta = self._meta()
         ret = self.retention
-        # Minutes: every minute ending ``late_ns`` ago or earlier, from the raw rows.
-        minutes_until = floor_to(now - ret.late_ns, MINUTE_NS)
-        done = meta.get("minutes_until", 0)
-        if done == 0:
-            oldest = self.db.query("SELECT MIN(start_ns) FROM history_rows WHERE level = ?", (RAW,))[0][0]
-            done = floor_to(int(oldest), MINUTE_NS) if oldest is not None else minutes_until
         added = 0
-        if done < minutes_until:
-            added += self._roll(RAW, MINUTE, done, minutes_until)
-            done = minutes_until
-        meta["minutes_until"] = max(done, meta.get("minutes_until", 0))
-        # Hours: from the minutes, once all of an hour's minutes are rolled up.
-        hours_until = floor_to(meta["minutes_until"], HOUR_NS)
-        done = meta.get("hours_until", 0)
-        if done == 0:
-            oldest = self.db.query("SELECT MIN(start_ns) FROM history_rows WHERE level = ?", (MINUTE,))[0][0]
-            done = floor_to(int(oldest), HOUR_NS) if oldest is not None else hours_until
-        if done < hours_until:
-            added += self._roll(MINUTE, HOUR, done, hours_until)
-            done = hours_until
-        meta["hours_until"] = max(done, meta.get("hours_until", 0))
+        # Minutes from raw rows once they ended ``late_ns`` ago; hours from minutes and days
+        # from hours once all their parts are rolled up.
+        for level in (MINUTE, HOUR, DAY):
+            period = PERIOD_NS[level]
+            if level == MINUTE:
+                target = floor_to(now - ret.late_ns, MINUTE_NS)
+            else:
+                target = floor_to(meta[_UNTIL[level - 1]], period)
+            done = meta.get(_UNTIL[level], 0)
+            if done == 0:
+                oldest = self.db.query("SELECT MIN(start_ns) FROM history_rows WHERE level = ?", (level - 1,))[0][0]
+                done = floor_to(int(oldest), period) if oldest is not None else target
+            if done < target:
+                added += self._roll(level - 1, level, done, target)
+                done = target
+            meta[_UNTIL[level]] = max(done, meta.get(_UNTIL[level], 0))
         stored = meta.get("stored_bytes", 0) + added
-        # Retention: never drop rows a coarser level does not hold yet.
+        # Retention: never drop rows a coarser level does not hold yet. Days are kept as
+        # long as hours (they exist to answer long ranges with fewer rows).
         cutoffs = {
             RAW: min(now - ret.raw_ns, meta["minutes_until"]),
             MINUTE: min(floor_to(now - ret.minute_ns, MINUTE_NS), meta["hours_until"]),
-            HOUR: floor_to(now - ret.hour_ns, HOUR_NS),
+            HOUR: min(floor_to(now - ret.hour_ns, HOUR_NS), meta["days_until"]),
+            DAY: floor_to(now - ret.hour_ns, DAY_NS),
         }
         for level, cutoff in cutoffs.items():
-            name = ("raw_from", "minutes_from", "hours_from")[level]
-            if cutoff > meta.get(name, 0):
+            if cutoff > meta.get(_FROM[level], 0):
                 stored -= self._delete(level, cutoff)[1]
-                meta[name] = cutoff
+                meta[_FROM[level]] = cutoff
         self.db.execute("DELETE FROM history_reports WHERE start_ns < ?", (cutoffs[RAW],))
-        self.db.execute("DELETE FROM history_templates WHERE last_seen_ns < ?", (meta.get("hours_from", 0),))
+        oldest_kept = min(meta.get("hours_from", 0), meta.get("days_from", 0))
+        self.db.execute("DELETE FROM history_templates WHERE last_seen_ns < ?", (oldest_kept,))
         meta["stored_bytes"] = stored
         self._bound_bytes(meta)
         self._set_meta(meta)
@@ -361,8 +395,8 @@ class HistoryStore:
     def _roll(self, source: int, target: int, start: int, end: int) -> int:
         """Sum rows of ``source`` starting in ``[start, end)`` into ``target`` rows, one
         chunk at a time; returns the bytes added."""
-        period = MINUTE_NS if target == MINUTE else HOUR_NS
-        chunk = HOUR_NS if target == MINUTE else DAY_NS
+        period = PERIOD_NS[target]
+        chunk = {MINUTE: HOUR_NS, HOUR: DAY_NS, DAY: 7 * DAY_NS}[target]
         added = 0
         cursor = start
         while cursor < end:
@@ -374,7 +408,7 @@ class HistoryStore:
                 break
             cursor = floor_to(int(first), period)
             upto = min(end, cursor + chunk)
-            periods: dict[int, dict[int, TemplateStats]] = {}
+            periods: dict[int, dict[int, _Tally]] = {}
             for row in self.db.query(
                 "SELECT start_ns, series, calls, errors, lat_sum, lat_min, lat_max, rows_sent, rows_affected,"
                 " bytes_in, bytes_out, no_index_used, first_seen_ns, last_seen_ns, extra, sketch"
@@ -383,14 +417,12 @@ class HistoryStore:
             ):
                 ident = int(row[1])
                 bucket = periods.setdefault(floor_to(int(row[0]), period), {})
-                stats = _stats(row[2:], self._series_key(ident))
-                have = bucket.get(ident)
-                if have is None:
-                    bucket[ident] = stats
-                else:
-                    have.merge(stats)
-            for period_start, rows in sorted(periods.items()):
-                added += self._add_into(target, period_start, rows)
+                tally = bucket.get(ident)
+                if tally is None:
+                    tally = bucket[ident] = _Tally(self._series_key(ident))
+                tally.add(row[2:])
+            for period_start, tallies in sorted(periods.items()):
+                added += self._add_into(target, period_start, {i: t.result() for i, t in tallies.items()})
             cursor = upto
         return added
 
@@ -407,14 +439,16 @@ class HistoryStore:
 
     def _bound_bytes(self, meta: dict[str, int]) -> None:
         """Over ``max_bytes``: drop the oldest hour of raw rows already rolled up, then of
-        minutes already rolled up, then the oldest day of hours, until under the bound."""
+        minutes already rolled up, then the oldest day of hours already rolled up, then the
+        oldest day, until under the bound."""
         for _ in range(100_000):
             if meta.get("stored_bytes", 0) <= self.retention.max_bytes:
                 return
             for level, mark, limit, step in (
                 (RAW, "raw_from", meta.get("minutes_until", 0), HOUR_NS),
                 (MINUTE, "minutes_from", meta.get("hours_until", 0), HOUR_NS),
-                (HOUR, "hours_from", None, DAY_NS),
+                (HOUR, "hours_from", meta.get("days_until", 0), DAY_NS),
+                (DAY, "days_from", None, DAY_NS),
             ):
                 oldest = self.db.query(
                     "SELECT MIN(start_ns) FROM history_rows WHERE level = ? AND start_ns < ?",
@@ -425,10 +459,10 @@ class HistoryStore:
                 before = floor_to(int(oldest), step) + step
                 if limit is not None:
                     before = min(before, limit)
-                if level == HOUR:
-                    newest = self.db.query("SELECT MAX(start_ns) FROM history_rows WHERE level = ?", (HOUR,))[0][0]
+                if level == DAY:
+                    newest = self.db.query("SELECT MAX(start_ns) FROM history_rows WHERE level = ?", (DAY,))[0][0]
                     if newest is not None and before > int(newest):
-                        continue  # keep the newest hour whatever the bound
+                        continue  # keep the newest day whatever the bound
                 rows, size = self._delete(level, before)
                 meta["stored_bytes"] = meta.get("stored_bytes", 0) - size
                 meta["dropped_for_space"] = meta.get("dropped_for_space", 0) + rows
@@ -514,9 +548,9 @@ class HistoryStore:
         return answer
 
     def _merge_series(self, pieces: Sequence[Piece], idents: Sequence[int]) -> dict[int, TemplateStats]:
-        merged: dict[int, TemplateStats] = {}
+        merged: dict[int, _Tally] = {}
         if not idents:
-            return merged
+            return {}
         where, params = _pieces_where(pieces)
         for offset in range(0, len(idents), 500):
             batch = idents[offset : offset + 500]
@@ -527,13 +561,11 @@ class HistoryStore:
                 params + list(batch),
             ):
                 ident = int(row[0])
-                stats = _stats(row[1:], self._series_key(ident))
-                have = merged.get(ident)
-                if have is None:
-                    merged[ident] = stats
-                else:
-                    have.merge(stats)
-        return merged
+                tally = merged.get(ident)
+                if tally is None:
+                    tally = merged[ident] = _Tally(self._series_key(ident))
+                tally.add(row[1:])
+        return {ident: tally.result() for ident, tally in merged.items()}
 
     def _texts(self, keys: Iterable[str]) -> dict[str, tuple[str, int, int]]:
         wanted = sorted(keys)
@@ -590,7 +622,7 @@ class HistoryStore:
         plan = plan_range(start, end, self.marks(), coarsest=finest_level_for_step(start, step))
         answer = self._frame(start, end, plan)
         answer.update({"key": key, "step": step / 1e9})
-        buckets = [TemplateStats("", "", key, "") for _ in range(-((start - end) // step))]
+        buckets = [_Tally(("", "", "", key)) for _ in range(-((start - end) // step))]
         if plan.pieces:
             where, params = _pieces_where(plan.pieces)
             filters, filter_params = self._filters(server, db, user)
@@ -601,10 +633,10 @@ class HistoryStore:
                 f" WHERE {where} AND s.key = ?{filters}",
                 [*params, key, *filter_params],
             ):
-                index = (int(row[0]) - start) // step
-                buckets[index].merge(_stats(row[2:], self._series_key(int(row[1]))))
+                buckets[(int(row[0]) - start) // step].add(row[2:])
         points = []
-        for index, stats in enumerate(buckets):
+        for index, tally in enumerate(buckets):
+            stats = tally.result()
             p50, p95, p99 = stats.sketch.quantiles((0.5, 0.95, 0.99))
             points.append(
                 {

@@ -13,7 +13,7 @@ import pytest
 from cluster.history import HistoryStore, Marks, Retention, open_database, plan_range
 from cluster.history.codec import decode_sketch, encode_sketch
 from cluster.history.db import SCHEMA_VERSION
-from cluster.history.plan import HOUR, HOUR_NS, MINUTE, MINUTE_NS, RAW, Piece
+from cluster.history.plan import DAY, DAY_NS, HOUR, HOUR_NS, MINUTE, MINUTE_NS, RAW, Piece, floor_to
 from message.report import TemplateStats
 from message.sketch import LatencySketch
 from tests.support.postgres import throwaway_database
@@ -213,6 +213,28 @@ def test_byte_bound_drops_oldest_rolled_up_rows_and_counts_them(backend: tuple[s
     assert answer["complete"] and answer["templates"]
 
 
+def test_days_roll_up_from_hours_and_answer_long_ranges(backend: tuple[str, Path]) -> None:
+    rng = random.Random(12)
+    store = open_store(backend)
+    day0 = floor_to(T0, DAY_NS) + DAY_NS
+    whole: dict[str, TemplateStats] = {}
+    for i in range(2 * 48):  # an interval every 30 minutes for two days
+        start = day0 + i * 30 * MINUTE_NS
+        rows = [(interval_stats(rng, key, start, slow=key == 1 and i % 9 == 0), "") for key in range(2)]
+        for stats, _ in rows:
+            whole.setdefault(stats.key, TemplateStats("", "", stats.key, "")).merge(stats)
+        store.write("n", start, rows, start + INTERVAL)
+    store.compact(day0 + 3 * DAY_NS)
+    answer = store.top(day0, day0 + 2 * DAY_NS)
+    assert answer["levels"] == [{"level": "day", "from": day0 / S, "to": (day0 + 2 * DAY_NS) / S}]
+    for entry in answer["templates"]:
+        assert entry["count"] == whole[entry["key"]].count
+        assert entry["latency_us"]["p99"] == whole[entry["key"]].sketch.quantile(0.99)
+    daily = store.series(f"{1:016x}", day0, day0 + 2 * DAY_NS, DAY_NS)
+    assert {part["level"] for part in daily["levels"]} == {"day"}
+    assert sum(p["count"] for p in daily["points"]) == whole[f"{1:016x}"].count
+
+
 def test_series_per_step_and_template(backend: tuple[str, Path]) -> None:
     rng = random.Random(9)
     store = open_store(backend)
@@ -267,6 +289,14 @@ def test_stored_sketches_round_trip() -> None:
 
 
 def test_plan_uses_the_coarsest_rows_held_whole() -> None:
+    day0 = floor_to(T0, DAY_NS) + DAY_NS
+    days = Marks(minutes_until=day0 + 3 * DAY_NS, hours_until=day0 + 3 * DAY_NS, days_until=day0 + 2 * DAY_NS)
+    plan = plan_range(day0 - HOUR_NS, day0 + 2 * DAY_NS + HOUR_NS, days)
+    assert plan.pieces == (
+        Piece(HOUR, day0 - HOUR_NS, day0),
+        Piece(DAY, day0, day0 + 2 * DAY_NS),
+        Piece(HOUR, day0 + 2 * DAY_NS, day0 + 2 * DAY_NS + HOUR_NS),
+    )
     marks = Marks(minutes_until=T0 + 5 * HOUR_NS, hours_until=T0 + 4 * HOUR_NS)
     plan = plan_range(T0 + 30 * S, T0 + 4 * HOUR_NS + 10 * MINUTE_NS + 5 * S, marks)
     assert plan.pieces == (
