@@ -192,7 +192,7 @@ class TemplateStats:
                 "last_seen_ns",
             ):
                 setattr(stats, name, int(data.get(name, 0)))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise SchemaError(f"bad template entry: {exc!r}") from None
         return stats
 
@@ -253,7 +253,7 @@ class SlowQuery:
                 rows_affected=int(data.get("rows_affected", 0)),
                 trace_id=str(data.get("trace_id", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise SchemaError(f"bad slow sample: {exc!r}") from None
 
 

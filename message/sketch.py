@@ -27,6 +27,12 @@ _TABLE_LIMIT = 1 << 16
 _KEY_TABLE: list[int] = [0] + [_MAPPING.key(v) for v in range(1, _TABLE_LIMIT)]
 
 
+#: Buckets a latency in whole µs can fall in (1 µs to 2^63 µs): a sketch from elsewhere
+#: with a key outside them is refused, so a hostile one cannot make quantiles allocate.
+MIN_KEY = int(_MAPPING.key(1))
+MAX_KEY = int(_MAPPING.key(2**63))
+
+
 def bucket_key(value_us: int) -> int:
     """The bucket of a positive latency (µs)."""
     if value_us < _TABLE_LIMIT:
@@ -103,16 +109,24 @@ class LatencySketch:
             keys = data["keys"]
             counts = data["counts"]
             zero = int(data.get("zero", 0))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"malformed latency sketch: {exc!r}") from None
         if abs(alpha - RELATIVE_ACCURACY) > 1e-12:
             raise ValueError(f"latency sketch has alpha {alpha}, expected {RELATIVE_ACCURACY}")
         if not isinstance(keys, list) or not isinstance(counts, list) or len(keys) != len(counts):
             raise ValueError("latency sketch keys and counts must be lists of equal length")
+        if zero < 0:
+            raise ValueError("latency sketch: zero must not be negative")
         sketch = cls()
         sketch.zero = zero
-        for key, n in zip(keys, counts, strict=True):
-            sketch.bins[int(key)] = sketch.bins.get(int(key), 0) + int(n)
+        try:
+            for raw_key, raw_n in zip(keys, counts, strict=True):
+                key, n = int(raw_key), int(raw_n)
+                if not MIN_KEY <= key <= MAX_KEY or n < 0:
+                    raise ValueError(f"latency sketch bucket {key}: {n} is out of range")
+                sketch.bins[key] = sketch.bins.get(key, 0) + n
+        except (TypeError, OverflowError) as exc:
+            raise ValueError(f"malformed latency sketch: {exc!r}") from None
         return sketch
 
     def __eq__(self, other: object) -> bool:

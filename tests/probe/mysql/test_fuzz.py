@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
 from probe.mysql import constants as c
@@ -11,6 +12,9 @@ from probe.mysql.conversation import Conversation, ConversationLimits
 from probe.mysql.events import TO_CLIENT, TO_SERVER, CommandCompleted
 from probe.normalize import Normalizer
 from tests.support import mysqlwire as w
+from tests.support.fuzz import fuzz_settings
+
+pytestmark = pytest.mark.fuzz
 
 _NORMALIZER = Normalizer()
 _LIMITS = ConversationLimits(max_query_bytes=4096, max_packet_buffer=1 << 16, max_pending_bytes=8 * 400)
@@ -54,14 +58,14 @@ def _drive(conv: Conversation, steps: list[tuple[int, bytes]], gaps: list[int] |
     return produced
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(300)
 @given(chunks, st.booleans())
 def test_random_bytes_never_raise(steps: list[tuple[int, bytes]], from_start: bool) -> None:
     conv = Conversation("c:1", "s:2", _NORMALIZER, from_start=from_start, limits=_LIMITS)
     _drive(conv, steps)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(300)
 @given(
     st.lists(st.integers(min_value=0, max_value=len(VALID) - 1), min_size=1, max_size=20),
     st.lists(st.tuples(st.integers(min_value=0, max_value=2000), st.integers(min_value=0, max_value=255))),
@@ -90,7 +94,7 @@ def test_mutated_conversations_never_raise(
     _drive(conv, steps, gaps)
 
 
-@settings(max_examples=100, deadline=None)
+@fuzz_settings(100)
 @given(st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=40))
 def test_valid_stream_split_anywhere_gives_the_same_commands(cuts: list[int]) -> None:
     def commands(split: bool) -> list[tuple[str, int]]:
@@ -120,7 +124,7 @@ def test_valid_stream_split_anywhere_gives_the_same_commands(cuts: list[int]) ->
     assert commands(True) == commands(False)
 
 
-@settings(max_examples=400, deadline=None)
+@fuzz_settings(400)
 @given(
     st.lists(st.integers(min_value=0, max_value=0xFFFF), min_size=1, max_size=6),
     st.binary(max_size=80),
