@@ -229,6 +229,7 @@
     // -- rendering ------------------------------------------------------------------------
 
     render() {
+      const detailScroll = this.el.detail.scrollTop; // a redraw must not move what the reader looks at
       this.renderHeader();
       this.renderHealth();
       if (this.mode === "history") {
@@ -238,7 +239,10 @@
       } else this.el.tableTitle.textContent = "Top templates by load";
       this.renderTable();
       this.renderSide();
-      if (this.selected) this.renderDetail();
+      if (this.selected) {
+        this.renderDetail();
+        this.el.detail.scrollTop = detailScroll;
+      }
     }
 
     renderHeader() {
@@ -494,8 +498,8 @@
       this.el.detail.hidden = false;
       // Below the capture health bar, which stays in sight.
       this.el.detail.style.top = Math.max(0, this.el.health.getBoundingClientRect().bottom) + "px";
-      this.render();
       this.el.detail.scrollTop = 0;
+      this.render();
     }
 
     close() {

@@ -177,6 +177,13 @@ def test_live_dashboard_follows_a_slave(server: MariaDB, tmp_path: Path) -> None
         shot = SCREENSHOTS / "live-detail.png"
         browser.call("screenshot", path=str(shot))
         assert ink_fraction(shot) > 0.05
+        # New reports redraw the detail without moving what the reader scrolled to.
+        scrolled = browser.eval(
+            "(() => { const d = document.querySelector('#detail'); d.scrollTop = 150; return d.scrollTop; })()"
+        )
+        merged = browser.eval("MP.app.model.reportsMerged")
+        browser.wait(f"MP.app.model.reportsMerged >= {merged + 2}", 30)
+        assert scrolled > 0 and browser.eval("document.querySelector('#detail').scrollTop") == scrolled
 
         # Errors by code, with the message of a sample when one was kept.
         browser.call("click", selector="#close")
