@@ -4,6 +4,7 @@ configurations pass ``check-config``, and the Containerfile copies what exists."
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -12,10 +13,12 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 
+from probe.normalize import template_key
 from tests.support.mariadb import running_mariadb
 from tests.support.nodes import ROOT, Collector, Node
 
@@ -119,3 +122,59 @@ def test_containerfile_copies_what_exists_and_runs_unprivileged() -> None:
     packages = {name for name in setup["packages"] if "." not in name}
     copied = {rest.split()[0] for verb, rest in instructions if verb == "COPY"}
     assert packages <= copied  # every package the wheel needs is in the build context
+
+
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+
+
+def bounding_set(keep: set[int]) -> Any:
+    """A preexec_fn limiting the capability bounding set to ``keep``: after exec, even uid 0
+    holds no other capability (what AmbientCapabilities/CapabilityBoundingSet give a unit)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+
+    def drop() -> None:
+        for cap in range(last + 1):
+            if cap not in keep and libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), f"PR_CAPBSET_DROP {cap}")
+
+    return drop
+
+
+def effective_caps(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.M).group(1), 16)  # type: ignore[union-attr]
+
+
+@pytest.mark.mariadb
+@pytest.mark.live
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop capabilities from")
+def test_slave_captures_with_net_raw_and_net_admin_only(tmp_path: Path) -> None:
+    """What the slave unit grants is enough, and CAP_NET_RAW is needed."""
+    with running_mariadb() as server:
+        config = {"interval": 1, "probe": {"device": "lo", "port": server.port, "workers": 1}}
+        node = Node(tmp_path, dict(config), name="capped")
+        node.start(preexec_fn=bounding_set({CAP_NET_RAW, CAP_NET_ADMIN}))
+        try:
+            assert node.proc is not None
+            assert effective_caps(node.proc.pid) == (1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN)
+            collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+            conn = pymysql.connect(host="127.0.0.1", port=server.port, user="root", autocommit=True)
+            with conn.cursor() as cur:
+                for i in range(5):
+                    cur.execute(f"SELECT {i} AS capped_probe")
+            conn.close()
+            key = template_key("SELECT ? AS capped_probe")
+            try:
+                collector.wait_for(
+                    lambda c: sum(t["count"] for r in c.reports for t in r["templates"] if t["key"] == key) == 5,
+                    timeout=30,
+                )
+            finally:
+                collector.close()
+        finally:
+            node.stop()
+        bare = Node(tmp_path, dict(config), name="uncapped")
+        with pytest.raises(RuntimeError, match="node exited with 2"):
+            bare.start(preexec_fn=bounding_set(set()))
+        assert "cannot capture" in bare.log.read_text()
