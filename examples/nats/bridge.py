@@ -38,9 +38,12 @@ DUPLICATE_WINDOW_S = 600.0
 
 
 def message_id(report: dict[str, Any]) -> str:
-    """``node/incarnation/seq``: a report's identity. Reports without an incarnation (older
-    nodes) use ``-``: their sequence then restarts only with the node's state."""
-    return f"{report['node']}/{report.get('incarnation', '-')}/{int(report['seq'])}"
+    """``node/incarnation/seq``: a report's identity. Until reports carry an incarnation,
+    ``t<interval start ns>`` stands in for it: the same in every resend of one report, and
+    different for a node whose state was lost and whose ``seq`` starts again at 1 (a bare
+    ``node/seq`` would make JetStream drop that node's new reports as duplicates)."""
+    incarnation = report.get("incarnation") or f"t{int(report['interval']['start_ns'])}"
+    return f"{report['node']}/{incarnation}/{int(report['seq'])}"
 
 
 def subject(node: str) -> str:

@@ -98,7 +98,10 @@ async def main() -> None:
             continue
         for msg in messages:
             report = decode(msg.data)
-            msg_id = (msg.headers or {}).get("Nats-Msg-Id") or f"{report['node']}/-/{report['seq']}"
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id") or (
+                f"{report['node']}/{report.get('incarnation') or 't' + str(report['interval']['start_ns'])}"
+                f"/{report['seq']}"
+            )
             texts = {t["key"]: t["template"] for t in report.get("templates", []) if t.get("template")}
             if texts:
                 await db.hset("mysqlprobe:templates", mapping=texts)  # idempotent: same key, same text
