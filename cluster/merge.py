@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from message.check import check_interval_report
+from message.logins import LoginStats, merge_logins, ordered_logins
 from message.report import (
     SCHEMA_VERSION,
     SchemaError,
@@ -66,6 +67,7 @@ class ReportMerger:
 
     def _reset(self) -> None:
         self.templates: dict[tuple[str, str, str], TemplateStats] = {}
+        self.logins: dict[tuple[str, str, str], LoginStats] = {}
         self.slow = SlowSamples(self.max_slow)
         self.totals: dict[str, Any] = {}
         self.capture: dict[str, Any] = {}
@@ -86,6 +88,7 @@ class ReportMerger:
             seq = int(report["seq"])
             entries = [TemplateStats.from_json(entry) for entry in report.get("templates", ())]
             samples = [SlowQuery.from_json(sample) for sample in report.get("slow", ())]
+            logins = [LoginStats.from_json(entry) for entry in report.get("logins", ())]
             end_ns = int(report["interval"]["end_ns"])
         except (KeyError, TypeError, ValueError, SchemaError):
             self.rejected += 1
@@ -118,6 +121,7 @@ class ReportMerger:
             slot[1] += entry.latency_sum
             slot[2] += entry.error_count
         merge_templates(self.cumulative, entries)
+        merge_logins(self.logins, logins)
         merge_totals(self.cumulative_totals, report.get("totals", {}))
         if not self.since_ns:
             self.since_ns = int(report["interval"].get("start_ns", end_ns))
@@ -175,6 +179,7 @@ class ReportMerger:
             "totals": totals,
             "capture": self.capture,
             "templates": [self._with_slaves(t) for t in ordered],
+            "logins": ordered_logins(self.logins.values()),
             "slow": [s.to_json() for s in self.slow.worst_first()],
             "slow_dropped": self.slow.dropped,
             "slaves": slaves,
@@ -213,6 +218,7 @@ class ReportMerger:
         return {
             "interval": {
                 "templates": templates(self.templates),
+                "logins": [entry.to_json() for entry in self.logins.values()],
                 "slow": [s.to_json() for s in self.slow.worst_first()],
                 "slow_dropped": self.slow.dropped,
                 "totals": self.totals,
@@ -246,6 +252,8 @@ class ReportMerger:
         interval = snapshot["interval"]
         self.templates = {}
         merge_templates(self.templates, [TemplateStats.from_json(t) for t in interval["templates"]])
+        self.logins = {}
+        merge_logins(self.logins, [LoginStats.from_json(entry) for entry in interval.get("logins", ())])
         self.slow = SlowSamples(self.max_slow)
         self.slow.merge([SlowQuery.from_json(s) for s in interval["slow"]], int(interval["slow_dropped"]))
         self.totals = dict(interval["totals"])

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from message.errors import SchemaError as SchemaError  # re-exported: callers import it from here
+from message.logins import LoginStats, merge_logins
 from message.sketch import LatencySketch
 
 SCHEMA_VERSION = 1
@@ -22,10 +24,6 @@ QUANTILES = (0.5, 0.95, 0.99, 0.999)
 #: Template key and text that collect statements beyond the per-interval template bound.
 OVERFLOW_KEY = "0000000000000000"
 OVERFLOW_TEMPLATE = "/* statements of templates over the limit */"
-
-
-class SchemaError(ValueError):
-    """A report (or part of one) that does not follow the schema."""
 
 
 class TemplateStats:
@@ -351,12 +349,14 @@ class IntervalSum:
 
     def __init__(self, max_slow: int) -> None:
         self.templates: dict[tuple[str, str, str], TemplateStats] = {}
+        self.logins: dict[tuple[str, str, str], LoginStats] = {}
         self.slow = SlowSamples(max_slow)
         self.counters: dict[str, int] = {}
         self.capture: dict[str, Any] = {}
 
     def add(self, part: Any) -> None:
         merge_templates(self.templates, part.templates)
+        merge_logins(self.logins, getattr(part, "logins", ()))
         self.slow.merge(part.slow, part.slow_dropped)
         add_counters(self.counters, part.counters)
         add_capture(self.capture, part.capture)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from message.logins import LoginStats
 from message.report import SlowQuery, TemplateStats, add_capture
 from probe.capture import CaptureError, LiveCapture
 from probe.engine import Engine, EngineConfig
@@ -68,6 +69,7 @@ class WorkerInterval:
     counters: dict[str, int]
     capture: dict[str, Any]
     sessions: dict[str, tuple[str, str, int | None, dict[int, str]]] = field(default_factory=dict)
+    logins: list[LoginStats] = field(default_factory=list)
 
 
 def worker_main(index: int, settings: WorkerSettings, control: Connection) -> None:
@@ -252,6 +254,7 @@ def _drain(
                 counters=interval.counters,
                 capture=delta,
                 sessions=engine.session_snapshot(),
+                logins=interval.logins,
             ),
         )
     )

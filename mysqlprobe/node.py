@@ -23,6 +23,7 @@ from aiohttp import web
 
 from cluster.metrics import MetricsStore, Sample
 from cluster.traces import TraceStore
+from message.logins import ordered_logins
 from message.persist import StateError, read_state, write_state
 from message.report import (
     SCHEMA_VERSION,
@@ -587,6 +588,7 @@ class SlaveNode(BaseNode):
             "totals": report_totals(counters, capture, ordered),
             "capture": capture,
             "templates": [t.to_json() for t in ordered],
+            "logins": ordered_logins(total.logins.values()),
             "slow": samples,
             "slow_dropped": slow.dropped,
             "heartbeat": self._heartbeat(),

@@ -40,6 +40,21 @@ def profile(doc: dict[str, Any], *, top: int, width: int, details: int = 3) -> s
         f"{_count(totals['unparsed_packets'])} unparsed packets",
         f"# analysed in {doc['analysis']['elapsed_s']:.2f} s with {doc['analysis']['workers']} worker(s)",
     ]
+    logins = doc.get("logins") or []
+    if logins:
+        refused: dict[str, int] = {}
+        session: dict[str, int] = {}
+        for entry in logins:
+            for code, n in entry["errors"].items():
+                refused[code] = refused.get(code, 0) + n
+            for code, n in entry["session_errors"].items():
+                session[code] = session.get(code, 0) + n
+        by_code = ", ".join(f"{code} x{n:,}" for code, n in sorted(refused.items(), key=lambda item: -item[1]))
+        lines.append(
+            f"# logins: {_count(sum(e['count'] for e in logins))} attempts, {_count(sum(refused.values()))} refused"
+            + (f" ({by_code})" if by_code else "")
+            + (f"; {_count(sum(session.values()))} server errors in sessions" if session else "")
+        )
     folded = doc.get("folded") or {}
     if folded.get("templates"):
         kept = sum(1 for t in doc["templates"] if t["key"] != OVERFLOW_KEY)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from message.logins import LoginStats, ordered_logins
 from message.report import (
     SCHEMA_VERSION,
     IntervalSum,
@@ -58,6 +59,7 @@ class ReplayOptions:
 @dataclass
 class ShardResult:
     templates: list[TemplateStats]
+    logins: list[LoginStats]
     slow: list[SlowQuery]
     slow_dropped: int
     counters: dict[str, int]
@@ -82,6 +84,7 @@ class ReplayResult:
     elapsed_s: float
     workers: int
     peak_rss_kb: list[int]
+    logins: list[LoginStats] = field(default_factory=list)
     folded: dict[str, int] = field(default_factory=dict)
     worker_counters: dict[str, int] = field(default_factory=dict)
 
@@ -115,6 +118,7 @@ def run_shard(
         interval = engine.drain()
         return ShardResult(
             templates=interval.templates,
+            logins=interval.logins,
             slow=interval.slow,
             slow_dropped=interval.slow_dropped,
             counters=interval.counters,
@@ -232,6 +236,7 @@ def _merge(options: ReplayOptions, results: list[ShardResult], elapsed: float, w
         workers=workers,
         peak_rss_kb=[r.peak_rss_kb for r in results]
         + ([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss] if workers > 1 else []),
+        logins=list(total.logins.values()),
         folded=folded,
         worker_counters=worker_counters,
     )
@@ -257,6 +262,7 @@ def document(result: ReplayResult) -> dict[str, Any]:
         },
         "folded": result.folded,
         "templates": [t.to_json() for t in templates],
+        "logins": ordered_logins(result.logins),
         "slow": [s.to_json() for s in result.slow],
         "slow_dropped": result.slow_dropped,
     }

@@ -9,11 +9,12 @@ Sans-I/O: it never reads a clock, the caller says when an interval ends.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from message.logins import LoginStats, LoginTable
 from message.report import OVERFLOW_KEY, OVERFLOW_TEMPLATE, SlowQuery, SlowSamples, TemplateStats
 from probe.mysql.constants import SERVER_QUERY_NO_GOOD_INDEX_USED, SERVER_QUERY_NO_INDEX_USED
-from probe.mysql.events import CommandCompleted
+from probe.mysql.events import CommandCompleted, LoginFinished, ServerError
 
 #: Default bound on templates per interval and on slow samples per interval.
 DEFAULT_MAX_TEMPLATES = 5000
@@ -28,6 +29,7 @@ class Interval:
     slow: list[SlowQuery]
     slow_dropped: int
     counters: dict[str, int]
+    logins: list[LoginStats] = field(default_factory=list)
 
 
 class Aggregator:
@@ -52,6 +54,7 @@ class Aggregator:
         self.errors = 0
         self.incomplete = 0
         self.templates_overflowed = 0
+        self.logins = LoginTable()
 
     def add(self, event: CommandCompleted) -> None:
         (
@@ -150,6 +153,12 @@ class Aggregator:
         elif latency >= self.slow_threshold_us:
             self.slow.dropped += 1
 
+    def add_login(self, event: LoginFinished) -> None:
+        self.logins.login(event.ts_ns, event.server, event.user, event.client, event.error_code)
+
+    def add_server_error(self, event: ServerError) -> None:
+        self.logins.session_error(event.ts_ns, event.server, event.user, event.client, event.error_code)
+
     def drain(self) -> Interval:
         """Everything of the interval that just ended; the next one starts empty."""
         interval = Interval(
@@ -161,7 +170,9 @@ class Aggregator:
                 "errors": self.errors,
                 "incomplete": self.incomplete,
                 "templates_overflowed": self.templates_overflowed,
+                "logins_overflowed": self.logins.overflowed,
             },
+            logins=list(self.logins.entries.values()),
         )
         self._reset()
         return interval

@@ -34,9 +34,11 @@ from probe.mysql.events import (
     ConnectionEncrypted,
     Event,
     Garbage,
+    LoginFinished,
     ReplicationStream,
     ResponseLost,
     Resynced,
+    ServerError,
     ServerGreeted,
 )
 from probe.normalize import DEFAULT_CACHE_SIZE, Normalizer
@@ -294,7 +296,13 @@ class Engine:
 
     def _other(self, event: Event) -> None:
         counters = self.events
-        if isinstance(event, ResponseLost):
+        if isinstance(event, LoginFinished):
+            self.aggregator.add_login(event)
+            return
+        if isinstance(event, ServerError):
+            self.aggregator.add_server_error(event)
+            name = "server_errors"
+        elif isinstance(event, ResponseLost):
             name = "responses_lost"
         elif isinstance(event, Resynced):
             name = "resyncs"

@@ -8,10 +8,12 @@ from probe.mysql.events import (
     ConnectionEncrypted,
     Event,
     Garbage,
+    LoginFinished,
     LoginSeen,
     ReplicationStream,
     ResponseLost,
     Resynced,
+    ServerError,
     ServerGreeted,
 )
 
@@ -24,9 +26,11 @@ __all__ = [
     "ConversationLimits",
     "Event",
     "Garbage",
+    "LoginFinished",
     "LoginSeen",
     "ReplicationStream",
     "ResponseLost",
     "Resynced",
+    "ServerError",
     "ServerGreeted",
 ]

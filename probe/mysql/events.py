@@ -59,6 +59,33 @@ class LoginSeen(NamedTuple):
     capabilities: int
 
 
+class LoginFinished(NamedTuple):
+    """How a login attempt ended: accepted (``error_code`` 0) or refused by the server's ERR
+    (1045 wrong password, 1040 too many connections, 1129 host blocked, 1156 packets out of
+    order, ...), whether the refusal came before, during or after the authentication."""
+
+    ts_ns: int
+    user: str  # "" when the server refused before the client said who it is
+    client: str  # "ip:port"
+    server: str
+    error_code: int
+    sqlstate: str
+    error_message: str
+
+
+class ServerError(NamedTuple):
+    """An ERR packet no request asked for (connection killed, idle timeout, shutdown):
+    reported, never dropped."""
+
+    ts_ns: int
+    user: str
+    client: str
+    server: str
+    error_code: int
+    sqlstate: str
+    error_message: str
+
+
 class ConnectionEncrypted(NamedTuple):
     """The client asked for TLS (SSLRequest) or TLS records were seen: not parsed further."""
 
@@ -103,6 +130,8 @@ Event = (
     CommandCompleted
     | ServerGreeted
     | LoginSeen
+    | LoginFinished
+    | ServerError
     | ConnectionEncrypted
     | ReplicationStream
     | ResponseLost

@@ -10,7 +10,7 @@ from __future__ import annotations
 from probe.mysql import constants as c
 from probe.mysql import packets as p
 from probe.mysql.compression import Inflater
-from probe.mysql.events import LoginSeen, ServerGreeted
+from probe.mysql.events import LoginFinished, LoginSeen, ServerGreeted
 from probe.mysql.state import AUTH, CLOSED, COMMANDS, CONNECT, GREETING, LOGIN, ConnectionState, Request, admin_template
 
 
@@ -54,15 +54,20 @@ class Handshake(ConnectionState):
         self.phase = AUTH
 
     def _login_packet(self, ts: int, payload: bytes, size: int) -> None:
+        if (self.phase == GREETING or self.phase == LOGIN) and payload and payload[0] == c.ERR_HEADER:
+            # Refused before any authentication: too many connections (1040), host blocked
+            # (1129) instead of a greeting; a bad handshake (1043) or packets out of order
+            # (1156) instead of the authentication exchange.
+            err = p.parse_err(payload)
+            login = Request(-1, CONNECT, c.Reply.AUTH, ts, 0, None, 0, self.db)
+            login.template = admin_template(CONNECT)
+            login.bytes_out = size
+            login.first_ns = ts
+            self._finish(login, ts, err, 0, 0, queued=False)
+            self._login_finished(ts, err)
+            self.phase = CLOSED
+            return
         if self.phase == GREETING:
-            if payload and payload[0] == c.ERR_HEADER:
-                err = p.parse_err(payload)
-                login = Request(-1, CONNECT, c.Reply.AUTH, ts, 0, None, 0, self.db)
-                login.template = admin_template(CONNECT)
-                login.bytes_out = size
-                login.first_ns = ts
-                self._finish(login, ts, err, 0, 0, queued=False)
-                return
             try:
                 greeting = p.parse_greeting(payload)
             except p.BAD_BYTES as exc:
@@ -96,7 +101,18 @@ class Handshake(ConnectionState):
                 self.compressed = True
                 self._c_inflate, self._s_inflate = Inflater(), Inflater()
             self._finish(login, ts, None, ok.status, ok.warnings, queued=False)
+            self._login_finished(ts, None)
         elif header == c.ERR_HEADER:
             self._login = None
-            self._finish(login, ts, p.parse_err(payload), 0, 0, queued=False)
+            err = p.parse_err(payload)
+            self._finish(login, ts, err, 0, 0, queued=False)
+            self._login_finished(ts, err)
             self.phase = CLOSED
+
+    def _login_finished(self, ts: int, err: p.Err | None) -> None:
+        if err is None:
+            self._events.append(LoginFinished(ts, self.user, self.client, self.server, 0, "", ""))
+        else:
+            self._events.append(
+                LoginFinished(ts, self.user, self.client, self.server, err.code, err.sqlstate, err.message)
+            )

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from probe.mysql import constants as c
 from probe.mysql import packets as p
-from probe.mysql.events import TO_CLIENT, Garbage, ReplicationStream
+from probe.mysql.events import TO_CLIENT, ReplicationStream, ServerError
 from probe.mysql.requests import Requests
 from probe.mysql.state import (
     AUTH,
     COMMANDS,
     ENCRYPTED,
     GREETING,
+    LOGIN,
     R_AUTH,
     R_COLDEFS,
     R_COLS_END,
@@ -292,10 +293,12 @@ class Responses(Requests):
         Returns whether parsing can go on after this packet."""
         end = pos + 4 + length
         phase = self.phase
+        if phase == LOGIN and length >= 3 and data[pos + 4] == c.ERR_HEADER:
+            phase = GREETING  # an ERR instead of the authentication exchange: a refused login
         if phase == AUTH or phase == GREETING:
             if end > n and length + 4 > (self.limits.max_packet_buffer if phase == AUTH else _MAX_GREETING):
                 # Not the MySQL protocol (an SSH banner, an HTTP response read as a length).
-                self.not_mysql = self.not_mysql or phase == GREETING
+                self.not_mysql = self.not_mysql or self.phase == GREETING
                 self._server_garbage(ts, f"packet of {length} bytes where a greeting or login reply starts")
                 return False
             if end <= n:
@@ -312,8 +315,18 @@ class Responses(Requests):
 
     def _unsolicited(self, ts: int, data: bytes, pos: int, n: int, length: int) -> bool:
         """Server bytes with nothing pending: an ERR before a disconnect, or stray bytes."""
-        if pos + 4 + length <= n and length >= 3 and data[pos + 4] == c.ERR_HEADER:
-            self._events.append(Garbage(ts, TO_CLIENT, "unsolicited error packet"))
+        end = pos + 4 + length
+        if length >= 3 and data[pos + 4] == c.ERR_HEADER and end > n and length < _MAX_GREETING:
+            return True  # the rest of the ERR packet is still to come
+        if end <= n and length >= 3 and data[pos + 4] == c.ERR_HEADER:
+            try:
+                err = p.parse_err(data[pos + 4 : end])
+            except p.BAD_BYTES as exc:
+                self._server_garbage(ts, str(exc))
+                return False
+            self._events.append(
+                ServerError(ts, self.user, self.client, self.server, err.code, err.sqlstate, err.message)
+            )
             return True
         self._server_garbage(ts, "server bytes with no request pending")
         return False

@@ -130,3 +130,39 @@ def test_each_template_carries_its_per_slave_breakdown_across_a_checkpoint() -> 
     }
     assert by_key["0000000000000002"] == {"s2": {"count": 1, "latency_us_sum": 3, "errors": 0}}
     assert drain(resumed)["templates"] == []  # the next interval starts empty
+
+
+def with_logins(
+    report: dict[str, Any], *entries: tuple[str, str, int, dict[str, int], dict[str, int]]
+) -> dict[str, Any]:
+    report["logins"] = [
+        {
+            "server": "10.0.0.1:3306",
+            "user": user,
+            "client": client,
+            "count": count,
+            "errors": errors,
+            "session_errors": session,
+            "first_seen_ns": report["interval"]["start_ns"] + 1,
+            "last_seen_ns": report["interval"]["end_ns"] - 1,
+        }
+        for user, client, count, errors, session in entries
+    ]
+    return report
+
+
+def test_login_entries_add_across_slaves_and_survive_a_restore() -> None:
+    merger = ReportMerger()
+    a = with_logins(
+        slave_report("s1", 1, []), ("app", "10.0.0.7", 3, {"1045": 2}, {}), ("", "10.0.0.9", 1, {"1040": 1}, {})
+    )
+    b = with_logins(slave_report("s2", 1, []), ("app", "10.0.0.7", 2, {"1045": 1}, {"1927": 1}))
+    assert merger.add(a) == "merged" and merger.add(b) == "merged" and merger.add(a) == "duplicate"
+    restored = ReportMerger()
+    restored.restore(merger.snapshot())
+    for source in (merger, restored):
+        logins = {(e["user"], e["client"]): e for e in drain(source)["logins"]}
+        app = logins[("app", "10.0.0.7")]
+        assert (app["count"], app["errors"], app["session_errors"]) == (5, {"1045": 3}, {"1927": 1})
+        assert logins[("", "10.0.0.9")]["errors"] == {"1040": 1}
+        assert (app["first_seen_ns"], app["last_seen_ns"]) == (11, 19)

@@ -81,6 +81,27 @@ def drivers_mix() -> list[w.Script]:
     return [prepared, bulk, *many_templates(connections=2, per_connection=5)]
 
 
+def logins() -> list[w.Script]:
+    """Wrong passwords, a full server, a blocked host, good logins and a killed session."""
+
+    def attempt(user: str, reply: bytes) -> w.Script:
+        return (
+            w.Script()
+            .server(w.framed([w.greeting()]))
+            .client(w.framed([w.handshake_response(user)], 1))
+            .server(w.framed([reply], 2))
+        )
+
+    denied = w.err(1045, "28000", "Access denied")
+    scripts = [attempt("app", denied) for _ in range(3)] + [attempt("report", denied)]
+    scripts.append(w.Script().server(w.framed([w.err(1040, "08004", "Too many connections")])))
+    scripts.append(w.Script().server(w.framed([w.err(1129, "HY000", "Host is blocked")])))
+    scripts += [attempt("app", w.ok()) for _ in range(2)]
+    scripts[-1].client(w.query("SELECT 1")).server(w.result_set(["1"], [[b"1"]]))
+    scripts[-1].server(w.framed([w.err(1927, "70100", "Connection was killed")], 0))
+    return scripts
+
+
 def cli_json(path: Path, workers: int) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "mysqlprobe.cli", "replay", str(path), "--format", "json", "--workers", str(workers)],
@@ -104,11 +125,12 @@ def captures(tmp_path: Path) -> dict[str, Path]:
     return {
         "many_templates": write_capture(tmp_path / "many.pcap", many_templates()),
         "drivers_mix": write_capture(tmp_path / "mix.pcap", drivers_mix(), mss=1400),
+        "logins": write_capture(tmp_path / "logins.pcap", logins()),
         "sample": ROOT / "examples" / "sample.pcap.gz",
     }
 
 
-@pytest.mark.parametrize("name", ["many_templates", "drivers_mix", "sample"])
+@pytest.mark.parametrize("name", ["many_templates", "drivers_mix", "logins", "sample"])
 def test_json_is_identical_for_one_and_two_workers(tmp_path: Path, name: str) -> None:
     path = captures(tmp_path)[name]
     one, two = cli_json(path, 1), cli_json(path, 2)
@@ -143,3 +165,21 @@ def test_table_shows_the_fold(tmp_path: Path) -> None:
     table = profile(doc, top=5, width=160)
     assert "82 lighter templates folded into one entry per database" in table
     assert SLEEP in table.split("\n", 8)[-1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_logins_are_entries_of_their_own(tmp_path: Path, workers: int) -> None:
+    path = write_capture(tmp_path / "logins.pcap", logins())
+    doc = document(replay(ReplayOptions(str(path), EngineConfig(), workers)))
+    Draft202012Validator(SCHEMA).validate(doc)
+    entries = {(e["user"], e["client"]): e for e in doc["logins"]}
+    assert set(entries) == {("app", "10.0.0.7"), ("report", "10.0.0.7"), ("", "10.0.0.7")}
+    app, report, anonymous = entries[("app", "10.0.0.7")], entries[("report", "10.0.0.7")], entries[("", "10.0.0.7")]
+    assert (app["count"], app["errors"], app["session_errors"]) == (5, {"1045": 3}, {"1927": 1})
+    assert (report["count"], report["errors"]) == (1, {"1045": 1})
+    assert (anonymous["count"], anonymous["errors"]) == (2, {"1040": 1, "1129": 1})
+    assert doc["logins"][0]["user"] == "app"  # most refused first
+    from mysqlprobe.render import profile
+
+    header = profile(doc, top=5, width=120).split("\n\n", 1)[0]
+    assert "# logins: 8 attempts, 6 refused (1045 x4, 1040 x1, 1129 x1); 1 server errors in sessions" in header
