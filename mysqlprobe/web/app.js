@@ -550,7 +550,7 @@
         return;
       }
       const text = this.model.texts.get(agg.key) || "";
-      const q = MP.quantiles(agg.sketch, [0.5, 0.95, 0.99, 0.999]);
+      const q = MP.aggQuantiles(agg, [0.5, 0.95, 0.99, 0.999]);
       const calls = agg.count || 1;
       const seconds = this.model.windowSeconds();
       const stats = [

@@ -71,6 +71,14 @@
     return out;
   }
 
+  // A template's quantiles clamped into its [min, max], as the report's are: the sketch's 1%
+  // error must never show a median below the fastest call.
+  function aggQuantiles(agg, qs) {
+    const q = quantiles(agg.sketch, qs);
+    if (!agg.count) return q;
+    return q.map((v) => (v === null ? null : Math.min(Math.max(v, agg.min), agg.max)));
+  }
+
   function newAgg(entry) {
     return {
       id: entry.server + "\u0000" + entry.db + "\u0000" + entry.key,
@@ -340,7 +348,7 @@
       }
       const out = [];
       for (const agg of w.templates.values()) {
-        const q = quantiles(agg.sketch, [0.5, 0.99]);
+        const q = aggQuantiles(agg, [0.5, 0.99]);
         let errors = 0;
         for (const c in agg.errors) errors += agg.errors[c];
         out.push({
@@ -376,7 +384,7 @@
         if (at < 0) continue;
         const agg = f.templates.get(id);
         const secs = Math.max(1e-9, (f.end - f.start) / 1e9);
-        out[at] = [f.start, f.end, agg ? agg.count / secs : 0, agg ? quantiles(agg.sketch, [0.99])[0] : null];
+        out[at] = [f.start, f.end, agg ? agg.count / secs : 0, agg ? aggQuantiles(agg, [0.99])[0] : null];
       }
       return out;
     }
@@ -412,6 +420,7 @@
   MP.bucketValue = bucketValue;
   MP.bucketPosition = bucketPosition;
   MP.quantiles = quantiles;
+  MP.aggQuantiles = aggQuantiles;
   MP.newSketch = newSketch;
   MP.addWireSketch = addWireSketch;
   MP.Model = Model;
