@@ -94,7 +94,7 @@ class AckedUnseen:
 
 
 class Connection:
-    __slots__ = ("client", "conv", "halves", "last_ns", "server", "waiting")
+    __slots__ = ("client", "closed", "conv", "halves", "last_ns", "server", "waiting")
 
     def __init__(self, client: str, server: str, conv: Conversation, now_ns: int) -> None:
         self.client = client
@@ -103,6 +103,7 @@ class Connection:
         self.halves = (HalfStream(), HalfStream())  # indexed by direction
         self.last_ns = now_ns
         self.waiting: AckedUnseen | None = None
+        self.closed = False
 
 
 def endpoint(addr: Address, port: int) -> str:
@@ -247,6 +248,8 @@ class FlowTable:
         # The awaited direction's bytes after the gap and the held segments go to the
         # conversation in capture order, as they were sent.
         for held_ns, seg in waiting.held:
+            if conn.closed:
+                return  # a held FIN/RST closed it: what follows belongs to no connection
             self._drain(ts, conn, direction, half, until_ns=held_ns)
             if closing:
                 seg = (*seg[:6], seg[6] & ~(TCP_FIN | TCP_RST | TCP_SYN), seg[7])
@@ -382,7 +385,10 @@ class FlowTable:
     # -- lifetime -------------------------------------------------------------------------------
 
     def _close(self, ts: int, key: tuple[Address, int, Address, int], conn: Connection, reason: str) -> None:
+        if conn.closed:
+            return
         self._release(ts, conn, lost=True, closing=True)
+        conn.closed = True
         for direction, half in enumerate(conn.halves):
             if half.ooo:
                 self._declare_gap(ts, conn, direction, half, max(o + len(d) for o, (_, d) in half.ooo.items()))
@@ -412,6 +418,8 @@ class FlowTable:
         for key, conn in list(self.table.items()):
             if conn.waiting is not None and now_ns - conn.waiting.since_ns > self.limits.reorder_ns:
                 self._release(now_ns, conn, lost=True)
+                if conn.closed:
+                    continue
             closing = conn.halves[0].fin or conn.halves[1].fin
             if (closing and conn.last_ns < half_closed) or (idle is not None and conn.last_ns < idle):
                 self._close(now_ns, key, conn, "expired")

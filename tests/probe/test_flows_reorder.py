@@ -136,3 +136,32 @@ def test_held_segments_keep_their_own_capture_time() -> None:
     assert len(select) == 1 and select[0].rows_sent == 4
     assert select[0].end_ns == ts_l + 1000  # not ts_l + 5 ms
     assert engine.capture_counters()["out_of_order"] == 1
+
+
+def test_teardown_while_waiting_closes_once() -> None:
+    """The client's FIN acknowledges a reply the capture shows only after it: the
+    connection waits, the reply is counted, and the connection closes once."""
+    script = workload(queries=2)
+    frames = w.to_frames(script, mss=1000)
+    last_ts = frames[-1][0]
+    client, server = ("10.0.0.7", 51000), ("10.0.0.1", 3306)
+    seq_c = 1001 + sum(len(d) for _, dr, d in script.timed() if dr == 0)
+    seq_s = 500_001 + sum(len(d) for _, dr, d in script.timed() if dr == 1)
+    for flags, src, dst, seq, ack in (
+        ("FA", client, server, seq_c, seq_s),
+        ("FA", server, client, seq_s, seq_c + 1),
+        ("A", client, server, seq_c + 1, seq_s + 1),
+    ):
+        last_ts += 1000
+        frame = Ether() / IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack)
+        frames.append((last_ts, bytes(frame)))
+    last_reply = max(i for i, (_, f) in enumerate(frames) if is_server_data(f))
+    reply_end = frames.pop(last_reply)
+    frames.insert(len(frames) - 2, reply_end)  # after the client's FIN
+    for config in (EngineConfig(), EngineConfig(flows=FlowLimits(reorder_packets=1))):
+        engine, done = run(frames, config)
+        counters = engine.capture_counters()
+        assert counters["connections_opened"] == 1 and counters["connections_closed"] == 1
+        assert counters["connections_active"] == 0
+        assert len([e for e in done if e.template == SELECT]) == 2
+        assert counters["gaps"] == 0 and counters["responses_lost"] == 0
