@@ -142,12 +142,21 @@
         this.series.set(row.id, null);
         const p = { key: t.key, server: t.server, db: t.db };
         fetch("api/history/series?" + this.params(p))
-          .then((r) => r.json().then((body) => [r.ok, body]))
-          .then(([ok, body]) => {
-            this.series.set(row.id, ok ? body : { error: body.error });
+          .then((r) => r.text().then((text) => [r, text]))
+          .then(([r, text]) => {
+            let body;
+            try {
+              body = JSON.parse(text);
+            } catch (err) {
+              body = { error: `HTTP ${r.status}: ${text.slice(0, 200)}` };
+            }
+            this.series.set(row.id, r.ok ? body : { error: body.error || `HTTP ${r.status}` });
             this.app.render();
           })
-          .catch((err) => this.series.set(row.id, { error: String(err) }));
+          .catch((err) => {
+            this.series.set(row.id, { error: "the series request failed: " + err });
+            this.app.render();
+          });
         series = null;
       }
       const stats = [
@@ -171,7 +180,7 @@
       ];
       let chart;
       if (series === null) chart = h("p", { class: "muted" }, "loading the series…");
-      else if (series.error) chart = h("p", { class: "bad" }, series.error);
+      else if (series.error) chart = h("p", { class: "bad", id: "history-series-error" }, series.error);
       else {
         const points = series.points || [];
         chart = h(

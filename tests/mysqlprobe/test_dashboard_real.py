@@ -21,7 +21,7 @@ import pymysql
 import pytest
 
 from tests.support import workload
-from tests.support.browser import Browser, ink_fraction
+from tests.support.browser import Browser, BrowserError, ink_fraction
 from tests.support.mariadb import MariaDB
 from tests.support.nodes import Collector, Node
 
@@ -316,7 +316,10 @@ def test_history_range_picker_switches_between_live_and_a_past_range(server: Mar
         note = browser.eval("document.querySelector('#history-note').textContent")
         assert "templates" in note and "held from" in note
         browser.call("click", selector=f"#templates tr.tpl[data-key='{top[2]}']")
-        browser.wait("document.querySelector('#history-series') !== null", 30)
+        try:
+            browser.wait("document.querySelector('#history-series') !== null", 60)
+        except BrowserError:
+            raise AssertionError(browser.eval("document.querySelector('#detail').innerText")) from None
         stats = browser.eval(
             "Object.fromEntries(Array.from(document.querySelectorAll('#detail-stats tr'))"
             ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))"

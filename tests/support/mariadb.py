@@ -37,6 +37,10 @@ class MariaDB:
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = os.path.join(self.dir, "error.log")
+        # Temporary files of its own: servers installed at the same time by other test runs
+        # once failed on each other's files in the shared /tmp.
+        self.tmpdir = os.path.join(self.dir, "tmp")
+        os.makedirs(self.tmpdir, exist_ok=True)
 
     def install(self) -> None:
         result = subprocess.run(
@@ -47,6 +51,7 @@ class MariaDB:
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--user=root",
+                f"--tmpdir={self.tmpdir}",
             ],
             capture_output=True,
             text=True,
@@ -65,6 +70,7 @@ class MariaDB:
             f"--bind-address={self.bind}",
             f"--socket={self.socket}",
             f"--pid-file={os.path.join(self.dir, 'mysqld.pid')}",
+            f"--tmpdir={self.tmpdir}",
             f"--log-error={self.log}",
             "--user=root",
             "--innodb-buffer-pool-size=64M",
