@@ -42,7 +42,7 @@ S = 10**9
 INTERVAL = 10 * S
 COLUMNS = (
     "level, start_ns, series, calls, errors, lat_sum, lat_min, lat_max, rows_sent, rows_affected,"
-    " bytes_in, bytes_out, no_index_used, first_seen_ns, last_seen_ns, extra, sketch"
+    " bytes_in, bytes_out, no_index_used, first_seen_ns, last_seen_ns, extra, sketch, p99_key"
 )
 
 
@@ -102,7 +102,7 @@ def bench_writes(name: str, dsn: str, path: Path, templates: int, intervals: int
     for m in range(60):
         for row in minutes[:templates]:
             moved.append((MINUTE, hour0 + m * MINUTE_NS, *row[2:]))
-    db.executemany(f"INSERT INTO history_rows VALUES ({', '.join('?' * 17)})", moved)
+    db.executemany(f"INSERT INTO history_rows ({COLUMNS}) VALUES ({', '.join('?' * 18)})", moved)
     db.execute("UPDATE history_meta SET value = ? WHERE name = 'minutes_until'", (hour0 + HOUR_NS,))
     db.execute("UPDATE history_meta SET value = ? WHERE name = 'hours_until'", (hour0,))
     db.commit()
@@ -151,7 +151,7 @@ def insert_rows(db: Database, rows: Iterator[tuple[Any, ...]]) -> None:
             for row in rows:
                 copy.write_row(row)
     else:
-        db.executemany(f"INSERT INTO history_rows ({COLUMNS}) VALUES ({', '.join('?' * 17)})", rows)
+        db.executemany(f"INSERT INTO history_rows ({COLUMNS}) VALUES ({', '.join('?' * 18)})", rows)
 
 
 def set_marks(db: Database, marks: dict[str, int]) -> None:

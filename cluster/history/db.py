@@ -22,7 +22,7 @@ from typing import Any
 #: Advisory lock id that serialises history writers sharing one PostgreSQL database.
 PG_WRITE_LOCK = 0x6D7973716C_68  # "mysql" "h"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Version -> statements; {blob}, {serial_pk} and {without_rowid} are filled per dialect.
 MIGRATIONS: dict[int, list[str]] = {
@@ -40,6 +40,9 @@ MIGRATIONS: dict[int, list[str]] = {
         " PRIMARY KEY (level, start_ns, series)){without_rowid}",
         "CREATE TABLE history_reports (source TEXT NOT NULL, start_ns BIGINT NOT NULL, PRIMARY KEY (source, start_ns))",
     ],
+    # Per row, the bucket at or below which its p99 lies in any merge (codec.quantile_bound_key);
+    # NULL in rows written before: no bound known.
+    2: ["ALTER TABLE history_rows ADD COLUMN p99_key BIGINT"],
 }
 
 

@@ -25,7 +25,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.history.codec import SketchSum, decode_sketch, encode_sketch
+from cluster.history.codec import (
+    UNBOUNDED_KEY,
+    SketchSum,
+    bucket_value,
+    decode_sketch,
+    encode_sketch,
+    quantile_bound_key,
+)
 from cluster.history.db import Database
 from cluster.history.plan import (
     DAY,
@@ -53,10 +60,13 @@ QUANTILES = (0.5, 0.95, 0.99, 0.999)
 
 _COLUMNS = (
     "level, start_ns, series, calls, errors, lat_sum, lat_min, lat_max, rows_sent, rows_affected,"
-    " bytes_in, bytes_out, no_index_used, first_seen_ns, last_seen_ns, extra, sketch"
+    " bytes_in, bytes_out, no_index_used, first_seen_ns, last_seen_ns, extra, sketch, p99_key"
 )
-_INSERT_ROW = f"INSERT INTO history_rows ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_INSERT_ROW = f"INSERT INTO history_rows ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 _MARK_NAMES = ("minutes_until", "hours_until", "days_until", "raw_from", "minutes_from", "hours_from", "days_from")
+#: Reported quantiles are clamped into [min, max], which may lift one by up to the sketch's
+#: relative error above its bucket's value: bounds are widened by this much.
+_CLAMP_MARGIN = 1.03
 _UNTIL = {MINUTE: "minutes_until", HOUR: "hours_until", DAY: "days_until"}
 _FROM = {RAW: "raw_from", MINUTE: "minutes_from", HOUR: "hours_from", DAY: "days_from"}
 
@@ -119,6 +129,7 @@ def _row(level: int, start: int, series: int, stats: TemplateStats) -> tuple[Any
         stats.last_seen_ns,
         _extra(stats),
         encode_sketch(stats.sketch),
+        quantile_bound_key(stats.sketch, 0.99),
     )
 
 
@@ -195,6 +206,7 @@ class HistoryStore:
         self._series_by_id: dict[int, SeriesKey] = {}
         self.reports_written = 0
         self.duplicates = 0
+        self.p99_merged = 0  # templates merged by the last ranking by p99
 
     # -- meta ---------------------------------------------------------------------------
 
@@ -505,36 +517,26 @@ class HistoryStore:
         sums: dict[tuple[str, str, str], list[int]] = {}
         members: dict[tuple[str, str, str], list[int]] = {}
         for row in self.db.query(
-            "SELECT r.series, SUM(r.calls), SUM(r.errors), SUM(r.lat_sum) FROM history_rows r"
-            " JOIN history_series s ON s.id = r.series"
+            "SELECT r.series, SUM(r.calls), SUM(r.errors), SUM(r.lat_sum), MAX(COALESCE(r.p99_key, ?))"
+            " FROM history_rows r JOIN history_series s ON s.id = r.series"
             f" WHERE {where}{filters} GROUP BY r.series",
-            params + filter_params,
+            [UNBOUNDED_KEY, *params, *filter_params],
         ):
             ident = int(row[0])
             server_, db_, _, key = self._series_key(ident)
             group = (server_, db_, key)
-            have = sums.setdefault(group, [0, 0, 0])
+            have = sums.setdefault(group, [0, 0, 0, int(row[4])])
             for i in range(3):
                 have[i] += int(row[1 + i])
+            have[3] = max(have[3], int(row[4]))
             members.setdefault(group, []).append(ident)
         answer["templates_total"] = len(sums)
         if order == "p99":
-            chosen = list(sums)
+            entries = self._top_by_p99(plan.pieces, sums, members, limit)
         else:
             column = {"load": 2, "calls": 0, "errors": 1}[order]
             chosen = sorted(sums, key=lambda g: (-sums[g][column], -sums[g][2], g))[:limit]
-        merged = self._merge_series(plan.pieces, [i for g in chosen for i in members[g]])
-        entries = []
-        for group in chosen:
-            stats = TemplateStats(group[0], group[1], group[2], "")
-            for ident in members[group]:
-                if ident in merged:
-                    stats.merge(merged[ident])
-            entries.append(stats)
-        if order == "p99":
-            p99 = {id(s): s.sketch.quantile(0.99) or 0.0 for s in entries}
-            entries.sort(key=lambda s: (-p99[id(s)], -s.latency_sum, s.key))
-            del entries[limit:]
+            entries = self._groups(plan.pieces, chosen, members)
         texts = self._texts({s.key for s in entries})
         out = []
         for stats in entries:
@@ -546,6 +548,50 @@ class HistoryStore:
             out.append(entry)
         answer["templates"] = out
         return answer
+
+    def _groups(
+        self, pieces: Sequence[Piece], groups: Sequence[tuple[str, str, str]], members: Mapping[Any, list[int]]
+    ) -> list[TemplateStats]:
+        """The merged statistics of each (server, db, key) group, over all its series."""
+        merged = self._merge_series(pieces, [i for g in groups for i in members[g]])
+        out = []
+        for group in groups:
+            stats = TemplateStats(group[0], group[1], group[2], "")
+            for ident in members[group]:
+                if ident in merged:
+                    stats.merge(merged[ident])
+            out.append(stats)
+        return out
+
+    def _top_by_p99(
+        self,
+        pieces: Sequence[Piece],
+        sums: Mapping[tuple[str, str, str], list[int]],
+        members: Mapping[Any, list[int]],
+        limit: int,
+    ) -> list[TemplateStats]:
+        """The ``limit`` templates of highest p99 (as reported: clamped into [min, max]),
+        exactly, merging as few as needed: a template's p99 is at most the value of its rows'
+        largest bound key (plus the clamp margin), so templates are merged in order of that
+        bound until the last kept p99 beats the next bound."""
+        candidates = sorted(sums, key=lambda g: (-sums[g][3], g))
+        kept: list[tuple[float, TemplateStats]] = []
+        batch = max(limit, 50)
+        self.p99_merged = 0
+        for offset in range(0, len(candidates), batch):
+            self.p99_merged += len(candidates[offset : offset + batch])
+            for stats in self._groups(pieces, candidates[offset : offset + batch], members):
+                kept.append((stats.quantiles((0.99,))[0] or 0.0, stats))
+            kept.sort(key=lambda item: (-item[0], -item[1].latency_sum, item[1].key))
+            del kept[limit:]
+            following = offset + batch
+            if (
+                following < len(candidates)
+                and len(kept) >= limit
+                and kept[-1][0] > bucket_value(sums[candidates[following]][3]) * _CLAMP_MARGIN
+            ):
+                break
+        return [stats for _, stats in kept]
 
     def _merge_series(self, pieces: Sequence[Piece], idents: Sequence[int]) -> dict[int, TemplateStats]:
         merged: dict[int, _Tally] = {}

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cluster.history import HistoryStore, Marks, Retention, open_database, plan_range
-from cluster.history.codec import decode_sketch, encode_sketch
-from cluster.history.db import SCHEMA_VERSION
+from cluster.history.codec import bucket_value, decode_sketch, encode_sketch, quantile_bound_key
+from cluster.history.db import MIGRATIONS, SCHEMA_VERSION
 from cluster.history.plan import DAY, DAY_NS, HOUR, HOUR_NS, MINUTE, MINUTE_NS, RAW, Piece, floor_to
 from message.report import TemplateStats
 from message.sketch import LatencySketch
@@ -88,7 +88,7 @@ def test_top_over_rollups_equals_one_sketch_of_everything(backend: tuple[str, Pa
         assert entry["latency_us"]["sum"] == expected.latency_sum
         assert entry["latency_us"]["min"] == expected.latency_min
         assert entry["latency_us"]["max"] == expected.latency_max
-        assert entry["latency_us"]["p99"] == expected.sketch.quantile(0.99)
+        assert entry["latency_us"]["p99"] == expected.quantiles((0.99,))[0]
         assert entry["template"] == f"SELECT * FROM t{int(entry['key'], 16)} WHERE id = ?"
     earlier = store.top(T0, end)
     assert not earlier["complete"] and earlier["covers"]["from"] == T0 / S + 25
@@ -229,7 +229,7 @@ def test_days_roll_up_from_hours_and_answer_long_ranges(backend: tuple[str, Path
     assert answer["levels"] == [{"level": "day", "from": day0 / S, "to": (day0 + 2 * DAY_NS) / S}]
     for entry in answer["templates"]:
         assert entry["count"] == whole[entry["key"]].count
-        assert entry["latency_us"]["p99"] == whole[entry["key"]].sketch.quantile(0.99)
+        assert entry["latency_us"]["p99"] == whole[entry["key"]].quantiles((0.99,))[0]
     daily = store.series(f"{1:016x}", day0, day0 + 2 * DAY_NS, DAY_NS)
     assert {part["level"] for part in daily["levels"]} == {"day"}
     assert sum(p["count"] for p in daily["points"]) == whole[f"{1:016x}"].count
@@ -274,6 +274,72 @@ def test_migrations_are_versioned_and_reopening_keeps_rows(backend: tuple[str, P
     again = open_store(backend)
     assert again.status()["schema_version"] == SCHEMA_VERSION
     assert again.top(T0, T0 + INTERVAL)["templates_total"] == 1
+
+
+def test_ranking_by_p99_merges_only_what_it_must_and_equals_merging_everything(backend: tuple[str, Path]) -> None:
+    rng = random.Random(13)
+    store = open_store(backend)
+    for i in range(12):
+        start = T0 + i * INTERVAL
+        rows = []
+        for key in range(200):
+            stats = interval_stats(rng, key, start)
+            for _ in range(3 if key % 40 == 7 else 0):  # a few templates have a slow tail
+                stats.sketch.add(200_000 + key)
+                stats.count += 1
+                stats.latency_sum += 200_000 + key
+                stats.latency_max = max(stats.latency_max, 200_000 + key)
+            rows.append((stats, ""))
+        store.write("n", start, rows, start + INTERVAL)
+    end = T0 + 12 * INTERVAL
+    everything = store.merged(T0, end)
+    expected = sorted(everything.values(), key=lambda s: (-(s.quantiles((0.99,))[0] or 0.0), -s.latency_sum, s.key))
+    answer = store.top(T0, end, order="p99", limit=5)
+    assert [e["key"] for e in answer["templates"]] == [s.key for s in expected[:5]]
+    assert [e["latency_us"]["p99"] for e in answer["templates"]] == [s.quantiles((0.99,))[0] for s in expected[:5]]
+    assert answer["templates"][0]["latency_us"]["p99"] > 100_000
+    assert store.p99_merged < 200  # the bounds spared most merges
+
+
+def test_a_version_1_store_is_migrated_and_its_rows_still_rank(tmp_path: Path) -> None:
+    rng = random.Random(14)
+    path = tmp_path / "old.sqlite3"
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[1]:
+        conn.execute(statement.format(blob="BLOB", serial_pk="INTEGER PRIMARY KEY", without_rowid=" WITHOUT ROWID"))
+    conn.execute("INSERT INTO history_meta VALUES ('schema_version', 1)")
+    conn.execute("INSERT INTO history_series VALUES (1, 'srv', 'shop', '', 'aaaaaaaaaaaaaaaa')")
+    slow = interval_stats(rng, 1, T0, slow=True)
+    conn.execute(
+        "INSERT INTO history_rows VALUES (0, ?, 1, ?, 0, ?, ?, ?, 0, 0, 0, 0, 0, ?, ?, '{}', ?)",
+        (T0, slow.count, slow.latency_sum, slow.latency_min, slow.latency_max, T0, T0 + 1, encode_sketch(slow.sketch)),
+    )
+    conn.commit()
+    conn.close()
+    store = HistoryStore(open_database("", path))
+    assert store.status()["schema_version"] == SCHEMA_VERSION == 2
+    store.write("n", T0 + INTERVAL, [(interval_stats(rng, 2, T0 + INTERVAL), "")], T0 + 2 * INTERVAL)
+    (first, second) = store.top(T0, T0 + 2 * INTERVAL, order="p99", limit=2)["templates"]
+    assert first["key"] == "aaaaaaaaaaaaaaaa" and first["latency_us"]["p99"] == slow.quantiles((0.99,))[0]
+    assert second["key"] == f"{2:016x}"
+
+
+def test_p99_of_any_merge_is_at_most_the_parts_largest_bound() -> None:
+    rng = random.Random(15)
+    for _ in range(300):
+        parts = []
+        for _ in range(rng.randint(1, 6)):
+            sketch = LatencySketch()
+            for _ in range(rng.randint(1, 200)):
+                sketch.add(0 if rng.random() < 0.05 else int(rng.lognormvariate(rng.uniform(2, 9), 1.5)))
+            parts.append(sketch)
+        merged = LatencySketch()
+        for sketch in parts:
+            merged.merge(sketch)
+        bound = max(quantile_bound_key(sketch, 0.99) for sketch in parts)
+        assert (merged.quantile(0.99) or 0.0) <= bucket_value(bound)
 
 
 def test_stored_sketches_round_trip() -> None:
