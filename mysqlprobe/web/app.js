@@ -620,8 +620,8 @@
         "div",
         { class: "trend" },
         h("h3", {}, `Over the last ${minutes < 60 ? minutes + " min" : minutes / 60 + " h"}`),
-        h("div", {}, "calls/s ", sparkline(series.map((p) => p[2]), { width: 300, height: 40, class: "calls", label: "calls/s", format: rate })),
-        h("div", {}, "p99 ", sparkline(series.map((p) => p[3]), { width: 300, height: 40, class: "p99", label: "p99", format: us }))
+        MP.view.trendLine("calls/s", series.map((p) => p[2]), { width: 300, height: 40, class: "calls", label: "calls/s", format: rate }),
+        MP.view.trendLine("p99", series.map((p) => p[3]), { width: 300, height: 40, class: "p99", label: "p99", format: us })
       );
     }
 

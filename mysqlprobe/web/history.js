@@ -187,8 +187,8 @@
           "div",
           { class: "trend", id: "history-series" },
           h("h3", {}, `Per ${series.step} s from ${time(series.from * 1e9)} to ${time(series.to * 1e9)} (${points.length} points)`),
-          h("div", {}, "calls/s ", MP.view.sparkline(points.map((p) => p.count / series.step), { width: 420, height: 48, class: "calls", label: "calls/s", format: rate })),
-          h("div", {}, "p99 ", MP.view.sparkline(points.map((p) => p.p99), { width: 420, height: 48, class: "p99", label: "p99", format: us }))
+          MP.view.trendLine("calls/s", points.map((p) => p.count / series.step), { width: 420, height: 48, class: "calls", label: "calls/s", format: rate }),
+          MP.view.trendLine("p99", points.map((p) => p.p99), { width: 420, height: 48, class: "p99", label: "p99", format: us })
         );
       }
       const errors = Object.entries(t.errors || {}).sort((a, b) => b[1] - a[1]);

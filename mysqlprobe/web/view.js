@@ -94,6 +94,19 @@
     return svg;
   }
 
+  // A labelled trend for a detail view: name, the line, and its peak in words.
+  function trendLine(name, values, options) {
+    const present = values.filter((v) => v !== null && v !== undefined && isFinite(v));
+    const peak = present.length ? Math.max(...present) : null;
+    return h(
+      "div",
+      { class: "trend-line" },
+      h("span", { class: "trend-name" }, name),
+      sparkline(values, options),
+      h("span", { class: "muted" }, peak === null ? "no data" : "peak " + options.format(peak))
+    );
+  }
+
   // The latency distribution from sketch buckets: bars of neighbouring buckets on a log axis,
   // with the p50 and p99 marked.
   function histogram(sketch, marks, options) {
@@ -179,5 +192,5 @@
     3024: "ER_QUERY_TIMEOUT (MySQL max_execution_time)",
   };
 
-  MP.view = { h, s, num, us, rate, bytes, time, pct, sparkline, histogram, ERROR_NAMES };
+  MP.view = { h, s, num, us, rate, bytes, time, pct, sparkline, trendLine, histogram, ERROR_NAMES };
 })(typeof window !== "undefined" ? window : globalThis);
