@@ -19,6 +19,14 @@ command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)  # examples/nat
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # examples/nats: merged state
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies examples/systemd units
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # the dashboard's browser tests
+# client drivers of tests/mysqlprobe/test_drivers_*.py (a missing one fails its test)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v mariadb_config >/dev/null 2>&1 || missing+=(libmariadb-dev)  # builds PyPI mariadb
+command -v php >/dev/null 2>&1 || missing+=(php-cli)
+[ -n "$(find /etc/php -name '*mysqli.ini' 2>/dev/null | head -1)" ] || missing+=(php-mysql)
+perl -MDBD::MariaDB -e 1 >/dev/null 2>&1 || missing+=(libdbd-mariadb-perl)
+[ -e /usr/share/java/mariadb-java-client.jar ] || missing+=(libmariadb-java)
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -q
@@ -43,6 +51,7 @@ psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 't
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)  # playwright-core drives chromium
+(cd tests/drivers/node && npm ci --no-audit --no-fund --loglevel=error)  # mysql2, mariadb for the driver tests
 
 python3 -m ruff check .
 python3 -m ruff format --check .

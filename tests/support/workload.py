@@ -11,14 +11,13 @@ import contextlib
 import os
 import random
 import tempfile
-from collections import Counter
 from typing import Any
 
 import mysql.connector
 import pymysql
 import pymysql.constants.CLIENT as CLIENT
 
-from probe.normalize import Normalizer, split_statements
+from tests.support.accounting import Accounting as Accounting  # the reference, re-exported
 from tests.support.mariadb import MariaDB
 
 DB = "shop"
@@ -123,96 +122,3 @@ def prepared_workload(server: MariaDB, rounds: int = 20, compress: bool = False)
     finally:
         conn.close()
     return {"executes": executes}
-
-
-class Accounting:
-    """The server's own statement accounting, read over one connection opened up front.
-
-    Open it before ``reset()`` and before the capture starts: its own statements then stay
-    out of what it reports (TRUNCATEs are filtered, its reads come after the snapshot).
-    """
-
-    def __init__(self, server: MariaDB, normalizer: Normalizer | None = None) -> None:
-        self.server = server
-        self.norm = normalizer or Normalizer()
-        self.conn = server.connect(autocommit=True)
-
-    def _query(self, sql: str) -> list[tuple[Any, ...]]:
-        with self.conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-
-    def reset(self) -> None:
-        for table in (
-            "events_statements_summary_by_digest",
-            "events_statements_history_long",
-            "events_statements_summary_global_by_event_name",
-        ):
-            self._query(f"TRUNCATE performance_schema.{table}")
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _key(self, sql: str) -> str:
-        # A statement of a multi-statement query is recorded with the rest of the text.
-        return self.norm.normalize(split_statements(sql)[0]).key
-
-    def expectations(self, schema: str | None = None) -> dict[str, list[int]]:
-        """Per our template key: [statements, errors] the server accounted.
-
-        Counts come from events_statements_summary_by_digest (read first). Each digest is
-        mapped to our template through the SQL texts of its statements in
-        events_statements_history_long, which holds every statement since ``reset()``;
-        statements nested in stored programs never crossed the wire and are subtracted;
-        statements the parser rejected have no digest and are taken from the history.
-        """
-        schema_filter = f" AND SCHEMA_NAME = '{schema}'" if schema else ""
-        summary = self._query(
-            "SELECT DIGEST, DIGEST_TEXT, COUNT_STAR, SUM_ERRORS"
-            " FROM performance_schema.events_statements_summary_by_digest"
-            " WHERE DIGEST IS NOT NULL AND DIGEST_TEXT NOT LIKE 'TRUNCATE `performance_schema`%'" + schema_filter
-        )
-        history = self._query(
-            "SELECT DIGEST, SQL_TEXT, NESTING_EVENT_LEVEL, ERRORS, EVENT_NAME"
-            " FROM performance_schema.events_statements_history_long"
-            + (f" WHERE CURRENT_SCHEMA = '{schema}'" if schema else "")
-        )
-        top_keys: dict[str, Counter[str]] = {}
-        nested: Counter[str] = Counter()
-        nested_errors: Counter[str] = Counter()
-        expected: dict[str, list[int]] = {}
-        for digest, sql, level, errors, event in history:
-            if digest is None:
-                if not level and sql is not None and event.startswith("statement/sql/"):
-                    entry = expected.setdefault(self._key(sql), [0, 0])
-                    entry[0] += 1
-                    entry[1] += int(errors)
-            elif level:
-                nested[digest] += 1
-                nested_errors[digest] += int(errors)
-            elif sql is not None:
-                top_keys.setdefault(digest, Counter())[self._key(sql)] += 1
-        for digest, text, count, errors in summary:
-            top = int(count) - nested[digest]
-            if top <= 0:
-                continue
-            keys = top_keys.get(digest)
-            if not keys:
-                raise AssertionError(f"digest {digest} ({text}) has {top} top-level statements but no SQL text")
-            if len(keys) > 1:
-                raise AssertionError(f"digest {digest} ({text}) maps to several templates: {keys}")
-            entry = expected.setdefault(next(iter(keys)), [0, 0])
-            entry[0] += top
-            entry[1] += int(errors) - nested_errors[digest]
-        return expected
-
-    def commands(self) -> dict[str, int]:
-        """statement/com/* counts (Prepare, Execute, Ping, ...) since ``reset()``."""
-        return {
-            name.rsplit("/", 1)[1]: int(n)
-            for name, n in self._query(
-                "SELECT EVENT_NAME, COUNT_STAR"
-                " FROM performance_schema.events_statements_summary_global_by_event_name"
-                " WHERE EVENT_NAME LIKE 'statement/com/%' AND COUNT_STAR > 0"
-            )
-        }

@@ -1,0 +1,235 @@
+"""Real client drivers against a throw-away MariaDB, captured on lo and replayed.
+
+A test starts one ``driver_server()`` per module, then for each driver: ``run_driver``
+resets the server's accounting, records loopback traffic while the driver's workload runs
+as a real subprocess (the programs live in ``tests/drivers/``), replays the capture with
+``mysqlprobe replay --format json`` and reads the server's own accounting of the same
+statements. ``differences`` lists every template whose commands, errors by code, rows
+sent or rows affected differ from the server's; a green test asserts the list is empty.
+
+Every workload gets the same arguments: host, port, database, and the size of its large
+request (17 MiB: more than one 16 MiB protocol packet). It prints one JSON line
+``{"bulk": SQL, "affected": N}`` per bulk execute (performance_schema records none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probe.normalize import template_key
+from tests.support.accounting import (
+    ADMIN,
+    FAILED_PREPARE,
+    LOGIN_COMMANDS,
+    UNKNOWN_STMT,
+    UNKNOWN_STMT_HANDLER,
+    Accounting,
+    Tally,
+)
+from tests.support.mariadb import MariaDB
+from tests.support.recorder import LoopbackRecorder
+
+ROOT = Path(__file__).parents[2]
+DRIVERS = ROOT / "tests" / "drivers"
+DB = "drv"
+BIG_REQUEST = 17 << 20
+#: When set, each capture is also copied there (to attach to a finding).
+KEEP_CAPTURES = "MYSQLPROBE_KEEP_CAPTURES"
+
+SCHEMA = [
+    f"CREATE DATABASE {DB}",
+    f"USE {DB}",
+    "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(64), price DECIMAL(10,2), qty BIGINT)",
+    "CREATE TABLE typed (id INT AUTO_INCREMENT PRIMARY KEY, ti TINYINT, si SMALLINT, i INT, bi BIGINT,"
+    " ub BIGINT UNSIGNED, f FLOAT, d DOUBLE, dec_v DECIMAL(20,6), s VARCHAR(255), bin VARBINARY(255),"
+    " bl LONGBLOB, tx LONGTEXT, day DATE, dt DATETIME(6), tm TIME(6), flag BOOLEAN, nul INT)",
+    "CREATE TABLE bulk (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64), n INT)",
+    "INSERT INTO items VALUES " + ",".join(f"({i}, 'item{i}', {i * 1.5:.2f}, {i * 7})" for i in range(1, 201)),
+    "CREATE PROCEDURE two_results(IN lim INT) BEGIN"
+    " SELECT id, name FROM items ORDER BY id LIMIT lim; SELECT COUNT(*) FROM items; END",
+]
+
+
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed certificate and key for the server's TLS, made with openssl."""
+    cert, key = os.path.join(directory, "server-cert.pem"), os.path.join(directory, "server-key.pem")
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        [*request, "-keyout", key, "-out", cert],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def driver_server(*, tls: bool = False) -> MariaDB:
+    """A started MariaDB for driver workloads: general log to a table, large packets,
+    LOCAL INFILE, optionally TLS; the schema of the workloads created."""
+    server = MariaDB(
+        extra_args=[
+            "--general-log=1",
+            "--log-output=TABLE",
+            "--max-allowed-packet=64M",
+            "--local-infile=1",
+            "--performance-schema-events-statements-history-long-size=100000",
+        ]
+    )
+    if tls:
+        cert, key = make_certificate(server.dir)
+        server.extra_args += [f"--ssl-cert={cert}", f"--ssl-key={key}"]
+    server.start()
+    conn = server.connect(autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            for sql in SCHEMA:
+                cur.execute(sql)
+    finally:
+        conn.close()
+    return server
+
+
+@dataclass
+class DriverRun:
+    name: str
+    capture: Path
+    port: int
+    server: dict[str, Tally]
+    report: dict[str, Any]
+    output: str
+
+
+def replay_json(path: Path, port: int, *extra: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "mysqlprobe.cli", "replay", str(path), "--port", str(port), "--format", "json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+def run_driver(server: MariaDB, name: str, argv: Sequence[str], directory: Path, timeout: float = 180) -> DriverRun:
+    """Run one driver's workload under capture; the replayed report and the server's accounting."""
+    accounting = Accounting(server)
+    try:
+        accounting.reset()
+        capture = directory / f"{name}.pcap"
+        with LoopbackRecorder(server.port, str(capture)) as recorder:
+            result = subprocess.run(
+                [*argv, "127.0.0.1", str(server.port), DB, str(BIG_REQUEST)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=ROOT,
+            )
+        assert result.returncode == 0, (
+            f"{name} workload failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+        assert recorder.dropped == 0, f"the kernel dropped {recorder.dropped} packets"
+        reference = accounting.statements(bulk_affected(result.stdout))
+    finally:
+        accounting.close()
+    keep = os.environ.get(KEEP_CAPTURES)
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(capture, os.path.join(keep, capture.name))
+    return DriverRun(name, capture, server.port, reference, replay_json(capture, server.port), result.stdout)
+
+
+def admin_key(command: str) -> str:
+    """Our key of a command that carries no SQL (Ping, Long Data, ...)."""
+    return template_key(ADMIN.format(command))
+
+
+def bulk_affected(output: str) -> dict[str, list[int]]:
+    """What each bulk execute affected, from the workload's ``{"bulk": SQL, "affected": N}`` lines."""
+    counts: dict[str, list[int]] = {}
+    for line in output.splitlines():
+        if line.startswith("{"):
+            fact = json.loads(line)
+            counts.setdefault(fact["bulk"], []).append(int(fact["affected"]))
+    return counts
+
+
+def report_tallies(doc: dict[str, Any]) -> dict[str, Tally]:
+    """The report's templates by key (entries of several databases added up), logins left out."""
+    tallies: dict[str, Tally] = {}
+    for entry in doc["templates"]:
+        if set(entry["commands"]) <= LOGIN_COMMANDS:
+            continue
+        tally = tallies.setdefault(entry["key"], Tally(entry["template"]))
+        tally.commands.update(Counter(entry["commands"]))
+        tally.errors.update(Counter(entry["errors"]))
+        tally.rows_sent += entry["rows_sent"]
+        tally.rows_affected += entry["rows_affected"]
+    pool_failures(tallies)
+    return tallies
+
+
+def pool_failures(tallies: dict[str, Tally]) -> None:
+    """Move failed prepares and executes of unknown statement ids to the server's pools.
+
+    The server logs no SQL for a prepare that failed, nor for an execute of a statement id
+    it does not know (1243): the reference has them under ``PREPARE <failed>`` and
+    ``EXECUTE <unknown prepared statement>``, by error code, whatever their template.
+    """
+    for key, tally in list(tallies.items()):
+        if tally.template.startswith("PREPARE ") and key != template_key(FAILED_PREPARE):
+            moves = [(code, n, "Prepare", FAILED_PREPARE) for code, n in tally.errors.items()]
+        else:
+            n = tally.errors.get(str(UNKNOWN_STMT_HANDLER), 0)
+            moves = [(str(UNKNOWN_STMT_HANDLER), n, "Execute", UNKNOWN_STMT)] if n else []
+        for code, n, command, pool in moves:
+            if pool == tally.template:
+                continue
+            target = tallies.setdefault(template_key(pool), Tally(pool))
+            tally.errors[code] -= n
+            tally.commands[command] -= n
+            target.errors[code] += n
+            target.commands[command] += n
+        if moves:
+            tally.errors = +tally.errors
+            tally.commands = +tally.commands
+            if not tally.commands:
+                del tallies[key]
+
+
+def differences(run: DriverRun) -> list[str]:
+    """One line per template whose accounting differs from the server's (empty: exact)."""
+    ours = report_tallies(run.report)
+    lines = []
+    for key in sorted(set(ours) | set(run.server)):
+        mine, theirs = ours.get(key), run.server.get(key)
+        got = mine.as_dict() if mine else None
+        want = theirs.as_dict() if theirs else None
+        if got != want:
+            text = (mine or theirs or Tally()).template[:120]
+            lines.append(f"{run.name}: {key} {text!r}: probe {got} != server {want}")
+    return lines
+
+
+def assert_exact(run: DriverRun) -> None:
+    """The report equals the server's accounting and read every byte.
+
+    Only the large request may be incomplete: its text is longer than ``max_query_bytes``.
+    """
+    lines = differences(run)
+    assert not lines, "\n".join(lines)
+    totals = run.report["totals"]
+    for name in ("gaps", "resyncs", "unparsed_packets", "responses_lost", "encrypted_conns"):
+        assert totals[name] == 0, totals
+    cut = [t["template"] for t in run.report["templates"] if t["incomplete"]]
+    assert all("LENGTH(?" in text for text in cut), cut
+    assert sum(t.commands.total() for t in run.server.values()) > 20, "the workload ran almost nothing"
