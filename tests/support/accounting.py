@@ -90,14 +90,14 @@ class Accounting:
             return list(cur.fetchall())
 
     def reset(self) -> None:
+        if self._query("SELECT @@general_log")[0][0]:
+            self._query("TRUNCATE mysql.general_log")
         for table in (
             "events_statements_summary_by_digest",
             "events_statements_history_long",
             "events_statements_summary_global_by_event_name",
         ):
             self._query(f"TRUNCATE performance_schema.{table}")
-        if self._query("SELECT @@general_log")[0][0]:
-            self._query("TRUNCATE mysql.general_log")
 
     def close(self) -> None:
         self.conn.close()
@@ -230,15 +230,23 @@ class Accounting:
         return result
 
     def _general_log(self) -> dict[int, list[tuple[str, str]]]:
-        """Per connection id: (command, SQL) of each Prepare and Execute, in order."""
+        """Per connection id: (command, SQL) of each COM_STMT_PREPARE and _EXECUTE, in order.
+
+        The log also writes a Prepare or Execute line right after the Query line of an SQL
+        ``PREPARE`` or ``EXECUTE``; those are left out.
+        """
         rows = self._query(
             "SELECT thread_id, command_type, CONVERT(argument USING utf8mb4) FROM mysql.general_log"
-            " WHERE command_type IN ('Prepare', 'Execute')"
+            " WHERE command_type IN ('Prepare', 'Execute', 'Query')"
         )
         log: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        previous: dict[int, str] = {}
         for conn, command, argument in rows:
-            if int(conn) != self.conn_id:
-                log[int(conn)].append((str(command), str(argument)))
+            conn, command, argument = int(conn), str(command), str(argument)
+            after_sql_statement = _SQL_PREPARED.match(previous.get(conn, ""))
+            previous[conn] = argument if command == "Query" else ""
+            if conn != self.conn_id and command != "Query" and not after_sql_statement:
+                log[conn].append((command, argument))
         return log
 
     def _pair(self, per_thread: dict[int, list[Event]]) -> dict[int, dict[int, str]]:
@@ -301,6 +309,7 @@ class Event:
     rows_affected: int
 
 
+_SQL_PREPARED = re.compile(r"\s*(?:PREPARE|EXECUTE)\s", re.IGNORECASE)
 _PREPARED = frozenset({"statement/com/Prepare", "statement/com/Execute", "statement/com/Bulk_execute"})
 #: performance_schema's names of the commands that run a prepared statement.
 STATEMENT_COMMANDS = frozenset({"Execute", "Bulk_execute"})

@@ -21,7 +21,7 @@ class LoopbackRecorder:
         self.dropped = 0
         self._stop = threading.Event()
         # lo's frames reach 65,549 bytes (64 KiB MTU + Ethernet header): 65535 would cut them
-        self._capture = LiveCapture(device, {port}, buffer_bytes=128 << 20, snaplen=65600)
+        self._capture = LiveCapture(device, {port}, buffer_bytes=256 << 20, snaplen=65600)
         self._dumper = self._capture.dump_open(path)
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
 

@@ -1,0 +1,43 @@
+"""Node ``mysql2`` and ``mariadb`` (npm, installed by ``npm ci`` in tests/drivers/node)
+against a throw-away MariaDB: the replayed capture must equal the server's own accounting
+per template and command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import drivers
+from tests.support.mariadb import MariaDB
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.live]
+NODE = drivers.DRIVERS / "node"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MariaDB]:
+    server = drivers.driver_server()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_mysql2_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+    # mysql2 writes the header of a >= 16 MiB packet in a segment of its own
+    run = drivers.run_driver(server, "node-mysql2", ["node", str(NODE / "mysql2_workload.js")], tmp_path)
+    drivers.assert_exact(run)
+
+
+def test_mariadb_connector_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+    # executes by statement id -1 behind their prepare, batch() as COM_STMT_BULK_EXECUTE
+    run = drivers.run_driver(server, "node-mariadb", ["node", str(NODE / "mariadb_workload.js")], tmp_path)
+    drivers.assert_exact(run)
+    assert sum(t.commands["Bulk_execute"] for t in run.server.values()) == 2
+
+
+if os.geteuid() != 0:  # pragma: no cover - capture needs root
+    pytestmark.append(pytest.mark.skip(reason="live capture on lo needs root"))

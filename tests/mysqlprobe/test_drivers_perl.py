@@ -1,0 +1,35 @@
+"""Perl DBD::MariaDB with server-side prepare against a throw-away MariaDB: the replayed
+capture must equal the server's own accounting per template and command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import drivers
+from tests.support.mariadb import MariaDB
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.live]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MariaDB]:
+    server = drivers.driver_server()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_dbd_mariadb_server_prepare_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+    workload = str(drivers.DRIVERS / "perl" / "dbd_mariadb_workload.pl")
+    run = drivers.run_driver(server, "perl-dbd-mariadb", ["perl", workload], tmp_path)
+    drivers.assert_exact(run)
+    assert sum(t.commands["Execute"] for t in run.server.values()) > 100
+
+
+if os.geteuid() != 0:  # pragma: no cover - capture needs root
+    pytestmark.append(pytest.mark.skip(reason="live capture on lo needs root"))

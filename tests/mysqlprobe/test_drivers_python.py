@@ -1,0 +1,38 @@
+"""MariaDB Connector/Python (``mariadb`` from PyPI, built on libmariadb) against a
+throw-away MariaDB: the replayed capture must equal the server's own accounting per
+template and command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import drivers
+from tests.support.mariadb import MariaDB
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.live]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MariaDB]:
+    server = drivers.driver_server()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_connector_python_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+    # prepared cursors send execute by statement id -1; executemany is COM_STMT_BULK_EXECUTE
+    workload = str(drivers.DRIVERS / "python" / "mariadb_workload.py")
+    run = drivers.run_driver(server, "py-mariadb", [sys.executable, workload], tmp_path)
+    drivers.assert_exact(run)
+    assert sum(t.commands["Bulk_execute"] for t in run.server.values()) == 2
+
+
+if os.geteuid() != 0:  # pragma: no cover - capture needs root
+    pytestmark.append(pytest.mark.skip(reason="live capture on lo needs root"))
