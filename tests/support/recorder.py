@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import threading
 import time
@@ -30,6 +32,10 @@ class LoopbackRecorder:
         return self
 
     def _run(self) -> None:
+        # On a busy machine a stalled reader lets the kernel's ring fill and drop packets:
+        # the recorder thread goes before the workload it watches (root may raise priority).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
         fd = self._capture.fileno()
         while True:
             stopping = self._stop.is_set()
