@@ -22,8 +22,9 @@ class LoopbackRecorder:
         self.packets = 0
         self.dropped = 0
         self._stop = threading.Event()
-        # lo's frames reach 65,549 bytes (64 KiB MTU + Ethernet header): 65535 would cut them
-        self._capture = LiveCapture(device, {port}, buffer_bytes=256 << 20, snaplen=65600)
+        # lo's frames reach 65,549 bytes (64 KiB MTU + Ethernet header): 65535 would cut them.
+        # (A 256 MiB ring dropped more than this 64 MiB one on a busy machine.)
+        self._capture = LiveCapture(device, {port}, buffer_bytes=64 << 20, snaplen=65600)
         self._dumper = self._capture.dump_open(path)
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
 
