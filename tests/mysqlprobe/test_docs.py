@@ -34,7 +34,10 @@ def test_every_endpoint_is_documented(page: str, slave: bool, tmp_path: Path) ->
         for path in routes(node)
         if not re.search(rf"(`[A-Z|]*\s*|^(GET|POST) ){re.escape(path)}([`?\s]|$)", text, re.M)
     )
-    assert not undocumented, f"{page} lacks {undocumented}"
+    assert not undocumented, (
+        f"docs/{page} lacks {undocumented}: describe each there with an example block, then fill the"
+        " examples from real nodes with `python3 scripts/doc_examples.py`"
+    )
 
 
 def test_every_config_key_is_on_a_role_page() -> None:
