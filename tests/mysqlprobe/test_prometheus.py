@@ -286,3 +286,44 @@ def test_master_metrics_add_up_the_slave(server: MariaDB, tmp_path: Path) -> Non
     )
     assert series(m, "mysqlprobe_capture_packets_total") == series(s, "mysqlprobe_capture_packets_total")
     assert total(m, "mysqlprobe_merge_missing_intervals_total") == 0
+
+
+def test_heartbeat_lag_missing_intervals_and_status_families() -> None:
+    """What a master's report and /status body carry becomes the node-health families."""
+    status = {
+        "role": "master",
+        "epoch": 7,
+        "collector": {"subscribers": 2, "reports_published": 5, "spool": {"reports": 3}},
+        "pusher": {"queued": 4, "pushed": 9, "acked": 5, "resent": 1, "overflowed": 0},
+        "merge": {"merged": 11, "duplicates": 2, "rejected": 0},
+        "subscriptions": [{"state": "connected"}, {"state": "dialling"}],
+        "otlp": {"exported": 3, "failed": 1, "dropped": 0},
+    }
+    metrics = NodeMetrics(topn=10, template_length=50, status=lambda: status, version="9", git_hash="h")
+    for seq, missing in ((1, 2), (2, 0), (3, 1)):
+        metrics.observe(
+            {
+                "seq": seq,
+                "templates": [],
+                "capture": {"packets": 10, "capture_gap_ns": 500_000_000},
+                "totals": {"queries": 1, "coverage": 0.5 + seq / 10},
+                "heartbeat": {"db1:3306": {"lag_ms": 12.5 * seq, "stale": seq == 3}},
+                "missing": [{"node": "s1", "seqs": [], "count": missing}],
+            }
+        )
+    text = metrics.exposition()[0].decode()
+    promtool_check(text)
+    samples = parse(text)
+    assert series(samples, "mysqlprobe_heartbeat_lag_seconds", server="db1:3306") == 0.0375
+    assert series(samples, "mysqlprobe_heartbeat_stale", server="db1:3306") == 1
+    assert series(samples, "mysqlprobe_merge_missing_intervals_total", slave="s1") == 3
+    assert series(samples, "mysqlprobe_capture_packets_total") == 30
+    assert series(samples, "mysqlprobe_capture_gap_seconds_total") == 1.5
+    assert series(samples, "mysqlprobe_coverage_ratio") == 0.8
+    assert series(samples, "mysqlprobe_role", role="master") == 1 and series(samples, "mysqlprobe_epoch") == 7
+    assert series(samples, "mysqlprobe_reports_spooled") == 3 and series(samples, "mysqlprobe_push_queue") == 4
+    assert series(samples, "mysqlprobe_push_acked_total") == 5
+    assert series(samples, "mysqlprobe_merge_duplicates_total") == 2
+    assert series(samples, "mysqlprobe_slaves_connected") == 1
+    assert series(samples, "mysqlprobe_otlp_failed_total") == 1
+    assert series(samples, "mysqlprobe_build_info", version="9", git_hash="h") == 1
