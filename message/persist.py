@@ -31,17 +31,28 @@ def _canonical(payload: Any) -> bytes:
 def write_state(path: str | os.PathLike[str], kind: str, payload: Any) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # The payload is serialized once and the checksum taken over those very bytes: a caller
+    # that writes from a thread while its loop changes the payload (a master's checkpoint)
+    # must get a file that is one consistent state, never a checksum of another one.
     body = _canonical(payload)
-    document = {
-        "schema": STATE_SCHEMA,
-        "kind": kind,
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "payload": payload,
-    }
+    # The canonical document, keys in sorted order: kind, payload, schema, sha256.
+    document = b"".join(
+        (
+            b'{"kind":',
+            _canonical(kind),
+            b',"payload":',
+            body,
+            b',"schema":',
+            _canonical(STATE_SCHEMA),
+            b',"sha256":',
+            _canonical(hashlib.sha256(body).hexdigest()),
+            b"}",
+        )
+    )
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(_canonical(document))
+            fh.write(document)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, target)

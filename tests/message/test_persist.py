@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +60,28 @@ def test_a_failed_write_leaves_the_old_state(tmp_path: Path, monkeypatch: pytest
     monkeypatch.undo()
     assert read_state(path, "thing") == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_payload_changed_while_it_is_written_is_still_one_consistent_state(tmp_path: Path) -> None:
+    # A master writes its checkpoint from a thread while its event loop keeps merging into
+    # the same dicts: each file must hold one state whose checksum matches (found by the soak).
+    path = tmp_path / "busy.json"
+    payload: dict[str, Any] = {"totals": {f"k{i}": i for i in range(3000)}, "n": 0}
+    stop = threading.Event()
+
+    def mutate() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            payload["n"] = n
+            payload["totals"][f"k{n % 3000}"] = n
+
+    mutator = threading.Thread(target=mutate)
+    mutator.start()
+    try:
+        for _ in range(60):
+            write_state(path, "busy", payload)
+            assert read_state(path, "busy")["totals"]
+    finally:
+        stop.set()
+        mutator.join()
