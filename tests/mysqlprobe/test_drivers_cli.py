@@ -40,6 +40,9 @@ def test_cli_over_tls_is_counted_encrypted_not_parsed(server: MariaDB, tmp_path:
     totals = run.report["totals"]
     assert totals["encrypted_conns"] == 1, totals
     assert totals["queries"] == 0 and not [t for t in run.report["templates"] if "Query" in t["commands"]]
+    # nothing could be read: coverage says so
+    assert totals["unread_exchanges"] > 0 and totals["coverage"] < 1.0, totals
+    run.assert_workers_agree()
 
 
 if os.geteuid() != 0:  # pragma: no cover - capture needs root

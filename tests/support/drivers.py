@@ -5,7 +5,8 @@ resets the server's accounting, records loopback traffic while the driver's work
 as a real subprocess (the programs live in ``tests/drivers/``), replays the capture with
 ``mysqlprobe replay --format json`` and reads the server's own accounting of the same
 statements. ``differences`` lists every template whose commands, errors by code, rows
-sent or rows affected differ from the server's; a green test asserts the list is empty.
+sent or rows affected differ from the server's; a green test asserts the list is empty,
+that replay read every byte, and that its document is byte-identical for 1 and 2 workers.
 
 Every workload gets the same arguments: host, port, database, and the size of its large
 request (17 MiB: more than one 16 MiB protocol packet). It prints one JSON line
@@ -107,9 +108,16 @@ class DriverRun:
     server: dict[str, Tally]
     report: dict[str, Any]
     output: str
+    one_worker: str  # the replay documents as printed, for --workers 1 and 2
+    two_workers: str
+
+    def assert_workers_agree(self) -> None:
+        """Replay's document is the same, byte for byte, for one and for two workers."""
+        assert without_analysis(self.one_worker) == without_analysis(self.two_workers), self.name
 
 
-def replay_json(path: Path, port: int, *extra: str) -> dict[str, Any]:
+def replay_text(path: Path, port: int, *extra: str) -> str:
+    """``mysqlprobe replay --format json`` of a capture, as printed."""
     result = subprocess.run(
         [sys.executable, "-m", "mysqlprobe.cli", "replay", str(path), "--port", str(port), "--format", "json", *extra],
         capture_output=True,
@@ -118,8 +126,19 @@ def replay_json(path: Path, port: int, *extra: str) -> dict[str, Any]:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
-    doc: dict[str, Any] = json.loads(result.stdout)
+    return result.stdout
+
+
+def replay_json(path: Path, port: int, *extra: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(replay_text(path, port, *extra))
     return doc
+
+
+def without_analysis(text: str) -> str:
+    """A replay document minus the block that describes the run itself (time, memory)."""
+    doc = json.loads(text)
+    doc.pop("analysis")
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def run_driver(
@@ -159,7 +178,8 @@ def run_driver(
     if keep:
         os.makedirs(keep, exist_ok=True)
         shutil.copy(capture, os.path.join(keep, capture.name))
-    return DriverRun(name, capture, server.port, reference, replay_json(capture, server.port), result.stdout)
+    one, two = (replay_text(capture, server.port, "--workers", str(n)) for n in (1, 2))
+    return DriverRun(name, capture, server.port, reference, json.loads(two), result.stdout, one, two)
 
 
 def admin_key(command: str) -> str:
@@ -241,8 +261,9 @@ def assert_exact(run: DriverRun) -> None:
     """
     lines = differences(run)
     assert not lines, "\n".join(lines)
+    run.assert_workers_agree()
     totals = run.report["totals"]
-    for name in ("gaps", "resyncs", "unparsed_packets", "responses_lost", "encrypted_conns"):
+    for name in ("gaps", "resyncs", "unparsed_packets", "responses_lost", "encrypted_conns", "unread_exchanges"):
         assert totals[name] == 0, totals
     cut = [t["template"] for t in run.report["templates"] if t["incomplete"]]
     assert all("LENGTH(?" in text for text in cut), cut
