@@ -3,7 +3,7 @@
 Owns ``check_interval_report``: a report received from a peer (a slave's interval report on
 a master's subscription) is checked field by field for the shapes the merge reads (a JSON
 object, ``node``/``seq``/``interval`` present and typed, ``templates`` and ``slow`` lists of
-objects with a ``key``, counters that are integers, heartbeat states that are objects), so
+objects with a ``key``, ``logins`` a list of objects, counters that are integers, heartbeat states that are objects), so
 a malformed one is refused whole with a ``SchemaError`` naming the field, and never merged
 halfway. The per-entry details (sketches, template fields) are checked again where they
 are parsed (``TemplateStats.from_json``, ``SlowQuery.from_json``).
@@ -59,6 +59,11 @@ def check_interval_report(document: Any) -> dict[str, Any]:
             raise SchemaError(f"interval.{name}: expected an integer")
     _list_of_keyed_objects(report.get("templates", []), "templates")
     _list_of_keyed_objects(report.get("slow", []), "slow")
+    logins = report.get("logins", [])
+    if not isinstance(logins, list):
+        raise SchemaError(f"logins: expected an array, got {type(logins).__name__}")
+    for index, entry in enumerate(logins):
+        _object(entry, f"logins[{index}]")
     if not _is_int(report.get("slow_dropped", 0)):
         raise SchemaError("slow_dropped: expected an integer")
     _object(report.get("totals", {}), "totals")  # its non-integer values are ignored by the merge

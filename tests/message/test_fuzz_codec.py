@@ -18,7 +18,7 @@ from cluster.merge import ReportMerger
 from cluster.subscriptions import MalformedMessage, parse_slave_message
 from message import CodecError, SchemaError, decode, encode
 from message.check import check_interval_report
-from tests.cluster.test_merge import slave_report
+from tests.cluster.test_merge import slave_report, with_logins
 from tests.support.fuzz import fuzz_settings
 
 pytestmark = pytest.mark.fuzz
@@ -32,7 +32,10 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
-VALID = slave_report("s1", 5, [("00000000000000a1", 1, [10, 20, 30]), ("00000000000000a2", 0, [7])])
+VALID = with_logins(
+    slave_report("s1", 5, [("00000000000000a1", 1, [10, 20, 30]), ("00000000000000a2", 0, [7])]),
+    ("app", "10.0.0.7", 3, {"1045": 2}, {"1927": 1}),
+)
 
 
 def _paths(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
