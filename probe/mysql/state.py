@@ -59,7 +59,7 @@ _USE = re.compile(r"\s*USE\s+`?([^`\s;]+)`?", re.IGNORECASE)
 TLS_RECORD = (0x14, 0x15, 0x16, 0x17)
 UNKNOWN_STMT = "EXECUTE <unknown prepared statement>"
 #: Bytes a pending request costs besides its own (the ``Request`` object and its fields).
-PENDING_OVERHEAD = 320
+PENDING_OVERHEAD = 384  # measured: ~410 bytes per pending COM_STMT_EXECUTE of two parameters
 LAST_PREPARED = 0xFFFFFFFF  # MariaDB statement id: "the statement of the last PREPARE"
 CONNECT = "Connect"
 _new_event = tuple.__new__
@@ -77,7 +77,9 @@ class ConversationLimits:
     """Memory of requests awaiting a response (pipelined batches). Each costs its kept
     request bytes (SQL text, parameters) plus ``PENDING_OVERHEAD``; beyond the bound the
     oldest is dropped as lost and ``max_pending_bytes`` is counted. The default holds
-    ~50,000 pipelined executes: a JDBC or bulk batch of thousands fits."""
+    ~40,000 pipelined executes: a JDBC or bulk batch of thousands fits. It is a memory
+    guard, not an operating point: responses that still come for dropped requests are
+    paired by position with the requests after them (same template in a batch)."""
     max_packet_buffer: int = 1 << 20
     """Bytes buffered to complete a packet whose content is needed."""
     max_long_data: int = 4096
