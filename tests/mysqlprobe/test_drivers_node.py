@@ -37,6 +37,7 @@ def test_mariadb_connector_equals_the_server(server: MariaDB, tmp_path: Path) ->
     run = drivers.run_driver(server, "node-mariadb", ["node", str(NODE / "mariadb_workload.js")], tmp_path)
     drivers.assert_exact(run)
     assert sum(t.commands["Bulk_execute"] for t in run.server.values()) == 2
+    assert run.server[drivers.admin_key("Long Data")].commands["Long Data"] >= 2
 
 
 if os.geteuid() != 0:  # pragma: no cover - capture needs root

@@ -1,10 +1,11 @@
 // Node mariadb (MariaDB Connector/Node.js): the driver workload.
 // Usage: node mariadb_workload.js HOST PORT DATABASE BIG_BYTES
 // Text queries, server-side prepared statements (execute, sent with statement id -1
-// behind their prepare) with every parameter type, batch() (COM_STMT_BULK_EXECUTE),
+// behind their prepare) with every parameter type, long data, batch() (COM_STMT_BULK_EXECUTE),
 // multi-statements, a CALL returning two result sets, errors, and one request larger
 // than a 16 MiB protocol packet. Prints {"bulk": SQL, "affected": N} per batch.
 'use strict';
+const { Readable } = require('stream');
 const mariadb = require('mariadb');
 
 async function expectError(promise) {
@@ -38,6 +39,9 @@ async function main() {
       '2024-02-29', new Date(Date.UTC(2024, 1, 29, 12, 30, 45, 123)), '05:06:07.000008', true, null],
   );
   await conn.execute('SELECT ti, ub, dec_v, day, dt, tm FROM typed WHERE id > ?', [0]);
+  // long data: a Buffer of 16 KiB or more, and a stream, go as COM_STMT_SEND_LONG_DATA
+  await conn.execute('UPDATE typed SET bl = ?, tx = ? WHERE id > ?',
+    [Buffer.alloc(40000, 99), Readable.from([Buffer.from('streamed '), Buffer.from('text')]), 0]);
 
   const rows = [];
   for (let i = 0; i < 200; i++) rows.push([`row${i}`, i]);
