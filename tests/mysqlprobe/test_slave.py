@@ -240,7 +240,9 @@ def _key(template: str) -> str:
 def test_subscriber_that_never_reads_is_dropped(server: MariaDB, tmp_path: Path) -> None:
     node = Node(
         tmp_path,
-        slave_config(server, interval=1, websocket={"maxqueue": 2, "writetimeoutms": 500}),
+        # Bounds loose enough that the reading subscriber keeps up on a busy machine, tight enough
+        # that the stalled one (4 KiB receive buffer, never reads) is dropped within seconds.
+        slave_config(server, interval=1, websocket={"maxqueue": 4, "writetimeoutms": 2000}),
     ).start()
     stalled = socket.create_connection(("127.0.0.1", node.port))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
