@@ -1,7 +1,13 @@
 """The master's merge: many slaves' interval reports in, one cluster report out.
 
-Owns merging reports exactly once. A report is identified by (node, seq); one seen before
-is dropped and counted (a slave resending after a reconnect, a pusher retrying). Within an
+Owns merging reports exactly once. A report is identified by (node, incarnation, seq); one
+seen before is dropped and counted (a slave resending after a reconnect, a pusher
+retrying). A report with an incarnation never seen from its node means the slave lost its
+state and numbers its reports from 1 again: that restart is counted and shown (the slave's
+entry says ``restarted_without_state``), and its reports are merged, never taken for
+duplicates. The sequence numbers of a few earlier incarnations are kept, so late replays of
+those are still recognised. Reports without an incarnation (older slaves) have the
+incarnation "". Within an
 interval, templates merge per (server, db, key): counts, sums and bytes add, errors add per
 code, sketches add bucket by bucket, min/max take the extremes, slow samples keep the worst
 N; nothing is ever overwritten. A gap in a slave's sequence numbers means intervals that
@@ -13,6 +19,7 @@ Sans-I/O: ``add(report)`` and ``drain(...)``; the caller owns the clock and the 
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,10 +38,14 @@ from message.report import (
     merge_totals,
 )
 
+log = logging.getLogger("mysqlprobe.merge")
+
 #: Sequence numbers remembered per slave for duplicate detection.
 DEFAULT_SEEN_WINDOW = 4096
 #: Missing sequence numbers listed per slave and interval (longer runs are summarised).
 MAX_MISSING_LISTED = 100
+#: Earlier incarnations per slave whose sequence numbers are remembered.
+MAX_RETIRED_INCARNATIONS = 8
 
 
 @dataclass
@@ -48,6 +59,11 @@ class _SlaveState:
     last_report_ns: int = 0
     merged: int = 0  # reports merged, ever
     gap_ns: int = 0  # capture gaps the slave reported (its restarts), ever
+    incarnation: str = ""
+    # earlier incarnations -> their sequence numbers seen (bounded like ``seen``)
+    retired: OrderedDict[str, OrderedDict[int, None]] = field(default_factory=OrderedDict)
+    restarts: int = 0  # restarts without state, ever
+    restarted: list[str] = field(default_factory=list)  # new incarnations in this interval
 
 
 class ReportMerger:
@@ -58,6 +74,7 @@ class ReportMerger:
         self.duplicates = 0
         self.merged = 0
         self.rejected = 0
+        self.restarts_without_state = 0
         # Everything merged since ``since_ns`` (checkpointed with the rest): the totals that
         # must equal the servers' own accounting, whatever restarts happened in between.
         self.cumulative: dict[tuple[str, str, str], TemplateStats] = {}
@@ -79,6 +96,7 @@ class ReportMerger:
             state.missing = []
             state.missing_count = 0
             state.totals = {}
+            state.restarted = []
 
     def add(self, report: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> str:
         """Merge one slave report; returns "merged", "duplicate" or "rejected"."""
@@ -90,22 +108,39 @@ class ReportMerger:
             samples = [SlowQuery.from_json(sample) for sample in report.get("slow", ())]
             logins = [LoginStats.from_json(entry) for entry in report.get("logins", ())]
             end_ns = int(report["interval"]["end_ns"])
+            incarnation = report.get("incarnation", "")
+            if not isinstance(incarnation, str):
+                raise TypeError("incarnation")
         except (KeyError, TypeError, ValueError, SchemaError):
             self.rejected += 1
             return "rejected"
-        state = self.slaves.setdefault(node, _SlaveState())
-        if seq in state.seen or (state.seen and seq <= state.last_seq - self.seen_window):
-            self.duplicates += 1
-            return "duplicate"
-        if state.last_seq and seq > state.last_seq + 1:
-            gap = range(state.last_seq + 1, seq)
-            state.missing_count += len(gap)
-            room = MAX_MISSING_LISTED - len(state.missing)
-            state.missing.extend(list(gap)[: max(0, room)])
-        state.seen[seq] = None
-        while len(state.seen) > self.seen_window:
-            state.seen.popitem(last=False)
-        state.last_seq = max(state.last_seq, seq)
+        state = self.slaves.get(node)
+        if state is None:
+            state = self.slaves[node] = _SlaveState(incarnation=incarnation)
+        if incarnation in state.retired:
+            # A late report of an earlier incarnation (replayed from a spool): merged once.
+            seen = state.retired[incarnation]
+            if seq in seen:
+                self.duplicates += 1
+                return "duplicate"
+            seen[seq] = None
+            while len(seen) > self.seen_window:
+                seen.popitem(last=False)
+        else:
+            if incarnation != state.incarnation:
+                self._restarted(node, state, incarnation)
+            if seq in state.seen or (state.seen and seq <= state.last_seq - self.seen_window):
+                self.duplicates += 1
+                return "duplicate"
+            if state.last_seq and seq > state.last_seq + 1:
+                gap = range(state.last_seq + 1, seq)
+                state.missing_count += len(gap)
+                room = MAX_MISSING_LISTED - len(state.missing)
+                state.missing.extend(list(gap)[: max(0, room)])
+            state.seen[seq] = None
+            while len(state.seen) > self.seen_window:
+                state.seen.popitem(last=False)
+            state.last_seq = max(state.last_seq, seq)
         state.last_report_ns = end_ns
         state.reports.append(seq)
         state.merged += 1
@@ -135,6 +170,22 @@ class ReportMerger:
         self.merged += 1
         return "merged"
 
+    def _restarted(self, node: str, state: _SlaveState, incarnation: str) -> None:
+        """``node`` reports under a new incarnation: it lost its state. Its numbering
+        starts again; the old incarnation's sequence numbers are kept for late replays."""
+        state.retired[state.incarnation] = state.seen
+        while len(state.retired) > MAX_RETIRED_INCARNATIONS:
+            state.retired.popitem(last=False)
+        state.incarnation = incarnation
+        state.seen = OrderedDict()
+        state.last_seq = 0
+        state.restarts += 1
+        state.restarted.append(incarnation)
+        self.restarts_without_state += 1
+        log.warning(
+            "slave %s restarted without its state (new incarnation %s); its reports are merged", node, incarnation
+        )
+
     def drain(
         self,
         *,
@@ -143,6 +194,7 @@ class ReportMerger:
         seq: int,
         epoch: int,
         start_ns: int,
+        incarnation: str = "",
         end_ns: int,
         expected: list[str],
         states: Mapping[str, str] | None = None,
@@ -160,6 +212,9 @@ class ReportMerger:
                     "missing_seqs": list(state.missing),
                     "missing_count": state.missing_count,
                     "totals": dict(state.totals),
+                    "incarnation": state.incarnation,
+                    "restarted_without_state": list(state.restarted),
+                    "restarts_without_state": state.restarts,
                 }
             )
         ordered = sorted(self.templates.values(), key=lambda t: (-t.latency_sum, t.key))
@@ -174,6 +229,7 @@ class ReportMerger:
             "node": node,
             "role": role,
             "seq": seq,
+            "incarnation": incarnation,
             "epoch": epoch,
             "interval": {"start_ns": start_ns, "end_ns": end_ns},
             "totals": totals,
@@ -189,6 +245,7 @@ class ReportMerger:
                 if s["missing_count"] or s["state"] != "reporting"
             ],
             "duplicates_dropped": self.duplicates,
+            "restarts_without_state": self.restarts_without_state,
             "heartbeat": self.heartbeat,
         }
         self._reset()
@@ -242,10 +299,19 @@ class ReportMerger:
                     "last_report_ns": state.last_report_ns,
                     "merged": state.merged,
                     "gap_ns": state.gap_ns,
+                    "incarnation": state.incarnation,
+                    "retired": {inc: list(seqs) for inc, seqs in state.retired.items()},
+                    "restarts": state.restarts,
+                    "restarted": state.restarted,
                 }
                 for name, state in self.slaves.items()
             },
-            "counters": {"duplicates": self.duplicates, "merged": self.merged, "rejected": self.rejected},
+            "counters": {
+                "duplicates": self.duplicates,
+                "merged": self.merged,
+                "rejected": self.rejected,
+                "restarts_without_state": self.restarts_without_state,
+            },
         }
 
     def restore(self, snapshot: Mapping[str, Any]) -> None:
@@ -279,13 +345,19 @@ class ReportMerger:
                 last_report_ns=int(data["last_report_ns"]),
                 merged=int(data.get("merged", 0)),
                 gap_ns=int(data.get("gap_ns", 0)),
+                incarnation=str(data.get("incarnation", "")),
+                restarts=int(data.get("restarts", 0)),
+                restarted=[str(i) for i in data.get("restarted", [])],
             )
             state.seen = OrderedDict((int(seq), None) for seq in data["seen"])
+            for inc, seqs in dict(data.get("retired", {})).items():
+                state.retired[str(inc)] = OrderedDict((int(seq), None) for seq in seqs)
             self.slaves[name] = state
         counters = snapshot.get("counters", {})
         self.duplicates = int(counters.get("duplicates", 0))
         self.merged = int(counters.get("merged", 0))
         self.rejected = int(counters.get("rejected", 0))
+        self.restarts_without_state = int(counters.get("restarts_without_state", 0))
 
     def cumulative_report(self) -> dict[str, Any]:
         ordered = sorted(self.cumulative.values(), key=lambda t: (-t.latency_sum, t.key))
@@ -294,8 +366,15 @@ class ReportMerger:
             "totals": self.cumulative_totals,
             "templates": [t.to_json() for t in ordered],
             "slaves": {
-                name: {"last_seq": s.last_seq, "merged": s.merged, "gap_ns": s.gap_ns}
+                name: {
+                    "last_seq": s.last_seq,
+                    "merged": s.merged,
+                    "gap_ns": s.gap_ns,
+                    "incarnation": s.incarnation,
+                    "restarts_without_state": s.restarts,
+                }
                 for name, s in self.slaves.items()
             },
             "duplicates_dropped": self.duplicates,
+            "restarts_without_state": self.restarts_without_state,
         }

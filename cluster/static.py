@@ -12,7 +12,7 @@ import ipaddress
 import re
 from pathlib import Path
 
-from message.persist import read_state, write_state
+from message.persist import StateWrites, read_shaped
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
@@ -58,15 +58,30 @@ def normalize_address(text: str) -> str:
         return f"{host.lower()}:{port}"
 
 
+def _parse(payload: dict[str, object]) -> tuple[list[str], bool]:
+    slaves = payload["slaves"]
+    if not isinstance(slaves, list) or not all(isinstance(s, str) for s in slaves):
+        raise TypeError("slaves: expected a list of addresses")
+    return list(slaves), bool(payload.get("left", False))
+
+
 class StaticMembers:
-    def __init__(self, path: Path) -> None:
+    """The slave list; a change the disk refuses is kept in memory and written again by
+    ``flush`` (the node's state is degraded meanwhile, see ``StateWrites``)."""
+
+    def __init__(self, path: Path, writes: StateWrites | None = None) -> None:
         self.path = path
-        payload = read_state(path, KIND)
-        self.slaves: list[str] = list(payload["slaves"]) if payload else []
-        self.left = bool(payload.get("left", False)) if payload else False
+        self.writes = writes or StateWrites(path.parent)
+        saved = read_shaped(path, KIND, _parse)
+        self.slaves, self.left = saved if saved is not None else ([], False)
+        self.unsaved = False
 
     def _save(self) -> None:
-        write_state(self.path, KIND, {"slaves": self.slaves, "left": self.left})
+        self.unsaved = not self.writes.write(self.path, KIND, {"slaves": self.slaves, "left": self.left})
+
+    def flush(self) -> None:
+        if self.unsaved:
+            self._save()
 
     def join(self, addr: str) -> tuple[str, bool]:
         """Add a slave; returns (canonical address, whether it was new)."""

@@ -1,8 +1,10 @@
 """The master's subscriptions to its slaves' /collector (websockets client).
 
-Owns one dialling task per slave: connect, introduce itself with a hello carrying the
-master's epoch (the fencing token slaves check), receive reports and hand them on, keep the
-template texts that come with them (and ask for any that are missing), and redial with
+Owns one dialling task per slave: connect (with the cluster's token in the handshake: a
+slave accepts a master's hello and acknowledgements only from a subscriber that has it),
+introduce itself with a hello carrying the master's epoch (the fencing token slaves
+check), receive reports and hand them on, keep the template texts that come with them (and
+ask for any that are missing), acknowledge by (node, incarnation, seq), and redial with
 exponential backoff when a connection fails or was never made. A slave that refuses the
 hello (stale epoch) is reported as such; the master steps down when that happens.
 
@@ -104,7 +106,9 @@ class Subscriptions:
         max_size: int = 64 << 20,
         on_refused: Callable[[Link, int], None] | None = None,
         ssl: SSLContext | None = None,
+        token: Callable[[], str] = lambda: "",
     ) -> None:
+        self.token = token
         self.on_report = on_report
         self.hello = hello
         self.reconnect_max_s = reconnect_max_s
@@ -144,12 +148,12 @@ class Subscriptions:
                 with contextlib.suppress(Exception):
                     await link.ws.send(json.dumps({"hello": self.hello()}))
 
-    async def ack(self, link: Link, node: str, seqs: list[int]) -> bool:
+    async def ack(self, link: Link, node: str, incarnation: str, seqs: list[int]) -> bool:
         """Acknowledge reports of ``node`` on a live connection (after they are durable)."""
         if link.ws is None:
             return False
         try:
-            await link.ws.send(json.dumps({"ack": {"node": node, "seqs": seqs}}))
+            await link.ws.send(json.dumps({"ack": {"node": node, "incarnation": incarnation, "seqs": seqs}}))
         except Exception:  # the connection is gone: the slave will send them again
             return False
         return True
@@ -174,6 +178,7 @@ class Subscriptions:
                     ping_timeout=self.ping_s,
                     max_size=self.max_size,
                     close_timeout=2,
+                    additional_headers={"Authorization": f"Bearer {token}"} if (token := self.token()) else None,
                 ) as ws:
                     link.ws = ws
                     link.state = "connected"

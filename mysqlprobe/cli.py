@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a node (slave, master or standby) from a configuration file")
     run.add_argument("-c", "--config", default="config.yaml", help="configuration file (default config.yaml)")
+    run.add_argument(
+        "--fresh-state",
+        action="store_true",
+        help="move the state directory aside (to STATEDIR.old-TIMESTAMP) and start with a new one "
+        "(a new incarnation: a master merges the new reports as new)",
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file and print it with secrets masked")
     check.add_argument("file", help="configuration file")
@@ -135,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from mysqlprobe.node import run_node
 
-            return run_node(args.config)
+            return run_node(args.config, fresh_state=args.fresh_state)
         if args.command == "check-config":
             return _check_config(args.file)
         if args.command == "history":

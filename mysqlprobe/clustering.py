@@ -22,6 +22,7 @@ from aiohttp import web
 from cluster.election import Election
 from cluster.serf import Member, SerfAgent, SerfError
 from cluster.static import AddressError, StaticMembers, normalize_address
+from message.persist import StateWrites
 from mysqlprobe.config import Config
 from mysqlprobe.server import HTTPProblem, check_token, request_params
 
@@ -31,7 +32,9 @@ log = logging.getLogger("mysqlprobe.cluster")
 class Clustering:
     """``role`` is "slave" or "master-capable"; ``on_members`` is told about slaves."""
 
-    def __init__(self, config: Config, name: str, state: Path, *, master_capable: bool) -> None:
+    def __init__(
+        self, config: Config, name: str, state: Path, *, master_capable: bool, writes: StateWrites | None = None
+    ) -> None:
         self.config = config
         self.name = name
         self.state = state
@@ -48,7 +51,7 @@ class Clustering:
         self.last_reports: dict[str, float] = {}  # slave address -> last report time
         self.raft_addr = f"{config.cluster.bind}:{config.cluster.raftport}"
         if not self.gossip and master_capable:
-            self.static = StaticMembers(state / "members.json")
+            self.static = StaticMembers(state / "members.json", writes)
             self.role = "master"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -105,6 +108,8 @@ class Clustering:
         """One round of election and membership (blocking: run it in a thread). Returns
         whether the role or epoch changed."""
         before = (self.role, self.epoch)
+        if self.static is not None:
+            self.static.flush()
         if self.election is not None:
             is_master, epoch = self.election.step()
             if self.master_capable:

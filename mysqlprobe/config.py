@@ -132,6 +132,10 @@ class WebsocketConfig:
     maxinbound: int = field(default=64 << 10, metadata={"check": _check_positive})
     """Largest message a /collector subscriber may send to this node (template requests,
     hello, ack), in bytes; a larger one closes that connection (counted)."""
+    opensubscribers: bool = False
+    """With a token set: let /collector subscribers that only read in without it (a
+    master's hello and acknowledgements still need it). false: every /collector
+    connection needs the token."""
 
 
 def _check_heartbeat_mode(value: str) -> str | None:
@@ -320,6 +324,17 @@ _ENV_SECRETS = {
     "MYSQLPROBE_WATCHER_PASSWORD": ("watcher", "password"),
     "MYSQLPROBE_HISTORY_DSN": ("history", "dsn"),
 }
+#: Keys whose values are never repeated in an error message (matched on the last part).
+_SECRET_WORDS = re.compile(r"pass|pwd|token|secret|dsn|key|credential|auth", re.IGNORECASE)
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value as an error message may show it: secrets are described, never echoed."""
+    if _SECRET_WORDS.search(key.rsplit(".", 1)[-1].split("[", 1)[0]):
+        return f"a hidden value ({type(value).__name__})"
+    return f"{value!r} ({type(value).__name__})"
+
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -369,19 +384,19 @@ def _value(tp: Any, raw: Any, key: str, metadata: Any) -> Any:
     if origin is list:
         item_type = typing.get_args(tp)[0]
         if not isinstance(raw, list):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {raw!r} ({type(raw).__name__})")
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_shown(key, raw)}")
         items = [_scalar(item_type, item, f"{key}[{i}]") for i, item in enumerate(raw)]
         check = metadata.get("check_item")
         for i, item in enumerate(items):
             problem = check(item) if check else None
             if problem:
-                raise ConfigError(f"{key}[{i}]: expected {problem}, got {item!r}")
+                raise ConfigError(f"{key}[{i}]: expected {problem}, got {_shown(key, item)}")
         return items
     value = _scalar(tp, raw, key)
     check = metadata.get("check")
     problem = check(value) if check else None
     if problem:
-        raise ConfigError(f"{key}: expected {problem}, got {value!r}")
+        raise ConfigError(f"{key}: expected {problem}, got {_shown(key, value)}")
     return value
 
 
@@ -389,10 +404,21 @@ def _scalar(tp: Any, raw: Any, key: str) -> Any:
     # bool is an int in Python: keep them apart, both ways.
     ok = isinstance(raw, tp) and not (tp is int and isinstance(raw, bool))
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {raw!r} ({type(raw).__name__})")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_shown(key, raw)}")
     if tp is str:
         return _expand(raw, key)
     return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without the snippet of the file PyYAML quotes (it may be a
+    password line)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    problem = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", str(problem))  # PyYAML may quote a token
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -406,7 +432,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     config: Config = _build(Config, data, "")
     for env, where in _ENV_SECRETS.items():
         value = os.environ.get(env)

@@ -22,7 +22,7 @@ from aiohttp import web
 from cluster.merge import ReportMerger
 from cluster.metrics import Sample
 from cluster.subscriptions import Link, Subscriptions
-from message.persist import read_state, write_state
+from message.persist import read_shaped
 from mysqlprobe.config import Config
 from mysqlprobe.node import BaseNode
 
@@ -40,6 +40,7 @@ class MasterNode(BaseNode):
         self.subscriptions = Subscriptions(
             self._report,
             self._hello,
+            token=lambda: self.config.token,
             reconnect_max_s=config.websocket.reconnectperiods,
             ping_s=config.websocket.pingtimeouts,
             max_size=config.websocket.maxmessagesize,
@@ -51,15 +52,19 @@ class MasterNode(BaseNode):
         self.intake_latency_ms: list[float] = []
         # Reports merged (or recognised as duplicates) and not yet acknowledged: they are
         # acknowledged only once a checkpoint holds them.
-        self.pending_acks: dict[tuple[str, str], tuple[Link, list[int]]] = {}
+        self.pending_acks: dict[tuple[str, str, str], tuple[Link, list[int]]] = {}
         self.checkpoints = 0
         self._dirty = False
         self.outbox: dict[str, Any] | None = None  # a merged report checkpointed, maybe not published
-        saved = read_state(state / "master.json", "master-checkpoint")
-        if saved is not None:
-            self.merger.restore(saved["merger"])
-            self.interval_start = int(saved.get("interval_start_ns", self.interval_start))
-            self.outbox = saved.get("outbox")
+        read_shaped(state / "master.json", "master-checkpoint", self._restore)
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.merger.restore(saved["merger"])
+        self.interval_start = int(saved.get("interval_start_ns", self.interval_start))
+        outbox = saved.get("outbox")
+        if outbox is not None and not isinstance(outbox, dict):
+            raise TypeError("outbox: expected a report")
+        self.outbox = outbox
 
     def _hello(self) -> dict[str, Any]:
         return {"node": self.name, "role": "master", "epoch": self.clustering.epoch}
@@ -71,7 +76,8 @@ class MasterNode(BaseNode):
         self.clustering.last_reports[link.addr] = time.time()
         if outcome in ("merged", "duplicate"):
             node = str(report["node"])
-            entry = self.pending_acks.setdefault((link.addr, node), (link, []))
+            incarnation = str(report.get("incarnation", ""))
+            entry = self.pending_acks.setdefault((link.addr, node, incarnation), (link, []))
             entry[1].append(int(report["seq"]))
             self._dirty = self._dirty or outcome == "merged"
         if outcome == "merged":
@@ -109,10 +115,18 @@ class MasterNode(BaseNode):
                 "merger": self.merger.snapshot(),
                 "outbox": self.outbox,
             }
-            await asyncio.to_thread(write_state, self.state / "master.json", "master-checkpoint", document)
+            saved = await asyncio.to_thread(
+                self.writes.write, self.state / "master.json", "master-checkpoint", document
+            )
+            if not saved:
+                # Not durable: acknowledge nothing (the slaves keep the reports) and retry.
+                self._dirty = True
+                for key, (link, seqs) in acks.items():
+                    self.pending_acks.setdefault(key, (link, []))[1].extend(seqs)
+                return
             self.checkpoints += 1
-        for (_, node), (link, seqs) in acks.items():
-            await self.subscriptions.ack(link, node, seqs)
+        for (_, node, incarnation), (link, seqs) in acks.items():
+            await self.subscriptions.ack(link, node, incarnation, seqs)
 
     def _refused(self, link: Link, code: int) -> None:
         log.warning("slave %s refused epoch %d: a newer master leads; stepping down", link.addr, self.clustering.epoch)
@@ -158,6 +172,7 @@ class MasterNode(BaseNode):
                     node=self.name,
                     role="master",
                     seq=self.next_seq(),
+                    incarnation=self.incarnation,
                     epoch=self.clustering.epoch,
                     start_ns=self.interval_start,
                     end_ns=end,
@@ -190,6 +205,7 @@ class MasterNode(BaseNode):
                 "merge": {
                     "merged": self.merger.merged,
                     "duplicates": self.merger.duplicates,
+                    "restarts_without_state": self.merger.restarts_without_state,
                     "rejected": self.merger.rejected,
                     "intake_latency_ms_p50": latencies[len(latencies) // 2] if latencies else None,
                     "checkpoints": self.checkpoints,

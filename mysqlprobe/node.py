@@ -24,7 +24,7 @@ from aiohttp import web
 from cluster.metrics import MetricsStore, Sample
 from cluster.traces import TraceStore
 from message.logins import ordered_logins
-from message.persist import StateError, read_state, write_state
+from message.persist import StateError, StateWrites, read_shaped
 from message.report import (
     SCHEMA_VERSION,
     IntervalSum,
@@ -38,11 +38,20 @@ from mysqlprobe.config import Config, ConfigError, load_config, state_dir
 from mysqlprobe.dashboard import Dashboard
 from mysqlprobe.guard import ConnectionGuard, connection_bound, raise_descriptor_limit
 from mysqlprobe.history import HistoryAPI, HistoryService
+from mysqlprobe.identity import ReportIdentity, parse_slave_checkpoint
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
 from mysqlprobe.logging_setup import configure as configure_logging
 from mysqlprobe.otlp import OtlpExporter
 from mysqlprobe.prometheus import NodeMetrics
-from mysqlprobe.server import CollectorHub, HTTPProblem, check_token, errors_as_json, parse_int, request_params
+from mysqlprobe.server import (
+    CollectorHub,
+    HTTPProblem,
+    check_token,
+    errors_as_json,
+    parse_int,
+    request_params,
+    valid_epoch,
+)
 from mysqlprobe.tls import client_context, server_context
 from probe.engine import EngineConfig
 from probe.flows import FlowLimits
@@ -69,6 +78,10 @@ def git_hash() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+class ServeError(RuntimeError):
+    """The HTTP server could not listen (address in use, no permission, ...)."""
 
 
 class RuntimeSettings:
@@ -104,19 +117,25 @@ class BaseNode:
         self.started = time.time()
         self.git_hash = git_hash()
         self.settings = RuntimeSettings(config)
+        self.writes = StateWrites(state)
+        self.identity = ReportIdentity(state / "seq.json", self.name, self.writes)
         self.hub = CollectorHub(
             max_queue=config.websocket.maxqueue,
             write_timeout_s=config.websocket.writetimeoutms / 1000,
             heartbeat_s=config.websocket.pingtimeouts,
             max_message=config.websocket.maxmessagesize,
             max_inbound=config.websocket.maxinbound,
+            token=lambda: self.config.token,
+            open_read=config.websocket.opensubscribers,
+            node=self.name,
         )
         self.server_tls = server_context(config.tls)
         self.client_tls = client_context(config.tls)
         self.guard = ConnectionGuard(
             max_connections=config.http.maxconnections, idle_timeout_s=float(config.http.idletimeouts)
         )
-        self.clustering = Clustering(config, self.name, state, master_capable=self.master_capable)
+        self.hub.incarnation = self.identity.incarnation
+        self.clustering = Clustering(config, self.name, state, master_capable=self.master_capable, writes=self.writes)
         self.pusher: Pusher | None = None
         if config.pusher.servers:
             spool = DiskSpool(state / "spool" / "push", self.name)
@@ -140,8 +159,6 @@ class BaseNode:
         self.history: HistoryService | None = None
         if config.history.mode != "off":
             self.history = HistoryService(config.history, state, config.interval, master_capable=self.master_capable)
-        saved = read_state(state / "seq.json", "report-seq")
-        self.seq = int(saved["seq"]) if saved and saved.get("node") == self.name else 0
         self.last_report_at: float | None = None
         self.prometheus = NodeMetrics(
             topn=config.prometheus.topn,
@@ -169,10 +186,18 @@ class BaseNode:
     def current_role(self) -> str:
         return self.clustering.role if self.master_capable else self.role
 
+    @property
+    def seq(self) -> int:
+        return self.identity.seq
+
+    @property
+    def incarnation(self) -> str:
+        return self.identity.incarnation
+
     def next_seq(self) -> int:
-        self.seq += 1
-        write_state(self.state / "seq.json", "report-seq", {"node": self.name, "seq": self.seq})
-        return self.seq
+        seq = self.identity.next()
+        self.hub.incarnation = self.identity.incarnation
+        return seq
 
     #: Whether this node's own reports carry the slow samples it stores (a master stores
     #: every slave's samples as they arrive instead).
@@ -247,7 +272,12 @@ class BaseNode:
         self.guard.attach(runner.server)
         self._tasks.append(asyncio.ensure_future(self.guard.sweeper()))
         site = web.TCPSite(runner, self.config.bind, self.config.serverport, ssl_context=self.server_tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ServeError(
+                f"cannot serve on {self.config.bind}:{self.config.serverport}: {exc.strerror or exc}"
+            ) from None
         scheme = "https" if self.server_tls is not None else "http"
         log.info(
             "%s %s serving on %s:%d (%s)",
@@ -310,6 +340,8 @@ class BaseNode:
             "settings": dict(self.settings.current),
             "pending_settings": dict(self.settings.pending),
             "seq": self.seq,
+            "incarnation": self.incarnation,
+            "state": {**self.writes.status(), **self.identity.status()},
             "last_report_at": self.last_report_at,
             "collector": self.hub.status(),
             "connections": self.guard.status(),
@@ -378,10 +410,10 @@ class SlaveNode(BaseNode):
 
     def __init__(self, config: Config, state: Path) -> None:
         super().__init__(config, state)
-        saved = read_state(state / "epoch.json", "fencing-epoch")
-        if saved:
-            self.hub.max_epoch = int(saved["epoch"])
-        self.hub.on_epoch = lambda epoch: write_state(state / "epoch.json", "fencing-epoch", {"epoch": epoch})
+        saved = read_shaped(state / "epoch.json", "fencing-epoch", lambda p: valid_epoch(p["epoch"]))
+        if saved is not None:
+            self.hub.max_epoch = saved
+        self.hub.on_epoch = lambda epoch: self._save_epoch()
         engine = EngineConfig(
             ports=frozenset({config.probe.port}),
             slow_threshold_us=config.slowthresholdms * 1000,
@@ -446,19 +478,19 @@ class SlaveNode(BaseNode):
         # Resumable state: reports wait in the spool until a master acknowledges them; the
         # checkpoint keeps the end of the last interval (to report a restart's downtime as a
         # capture gap) and, per connection, what the wire will not say again.
-        self.hub.spool = DiskSpool(state / "spool" / "master", self.name)
-        checkpoint = read_state(state / "checkpoint.json", "slave-checkpoint") or {}
-        if checkpoint.get("node") not in (None, self.name):
-            checkpoint = {}
-        self.last_end_ns: int | None = checkpoint.get("last_end_ns")
+        self.hub.spool = DiskSpool(state / "spool" / "master", "")
+        checkpoint = read_shaped(state / "checkpoint.json", "slave-checkpoint", parse_slave_checkpoint)
+        if checkpoint is None or checkpoint[0] not in (None, self.name):
+            checkpoint = (None, None, {})
+        self.last_end_ns: int | None = checkpoint[1]
         self.pending_gap: dict[str, Any] | None = None
-        self.sessions: dict[str, Any] = {
-            endpoint: (s[0], s[1], s[2], {int(k): v for k, v in s[3].items()})
-            for endpoint, s in dict(checkpoint.get("sessions", {})).items()
-        }
+        self.sessions: dict[str, Any] = checkpoint[2]
         self._pool_lock = asyncio.Lock()
 
     # -- wiring ---------------------------------------------------------------------------
+
+    def _save_epoch(self) -> None:
+        self.writes.write(self.state / "epoch.json", "fencing-epoch", {"epoch": self.hub.max_epoch})
 
     def _sessions(self, sessions: dict[str, Session]) -> None:
         self.pool.broadcast(("sessions", {k: (s.user, s.db, s.conn_id, s.prepared) for k, s in sessions.items()}))
@@ -523,8 +555,10 @@ class SlaveNode(BaseNode):
                 self.sessions = {k: v for k, v in self.sessions.items() if k in live}
             self.publish(report)
             self.last_end_ns = end
+            if "epoch.json" in self.writes.failing:
+                self._save_epoch()
             await asyncio.to_thread(
-                write_state,
+                self.writes.write,
                 self.state / "checkpoint.json",
                 "slave-checkpoint",
                 {"node": self.name, "last_end_ns": end, "sessions": self.sessions},
@@ -582,6 +616,7 @@ class SlaveNode(BaseNode):
             "node": self.name,
             "role": self.role,
             "seq": seq,
+            "incarnation": self.incarnation,
             "epoch": self.hub.max_epoch if self.hub.max_epoch > 0 else 0,
             "server": servers[0] if len(servers) == 1 else f"*:{self.config.probe.port}",
             "interval": {"start_ns": start_ns, "end_ns": end_ns},
@@ -622,7 +657,21 @@ class SlaveNode(BaseNode):
         return body
 
 
-def run_node(config_path: str) -> int:
+def set_state_aside(state: Path) -> Path | None:
+    """``--fresh-state``: rename the state directory to ``STATE.old-TIMESTAMP`` (kept for a
+    post-mortem, never deleted); the node then starts with a new incarnation."""
+    if not state.exists():
+        return None
+    aside = state.with_name(f"{state.name}.old-{time.strftime('%Y%m%dT%H%M%S')}")
+    n = 1
+    while aside.exists():
+        aside = state.with_name(f"{state.name}.old-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
+        n += 1
+    state.rename(aside)
+    return aside
+
+
+def run_node(config_path: str, *, fresh_state: bool = False) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -630,6 +679,14 @@ def run_node(config_path: str) -> int:
         return 2
     configure_logging(config.log.level, config.log.format)
     state = state_dir(config, config_path)
+    if fresh_state:
+        try:
+            moved = set_state_aside(state)
+        except OSError as exc:
+            print(f"mysqlprobe: cannot move the state directory {state} aside: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        if moved is not None:
+            log.warning("state directory %s moved to %s; starting with a new one", state, moved)
     node: BaseNode
     try:
         if config.slave:
@@ -648,7 +705,10 @@ def run_node(config_path: str) -> int:
     except WorkerError as exc:
         print(f"mysqlprobe: cannot capture: {exc}", file=sys.stderr)
         return 2
+    except ServeError as exc:
+        print(f"mysqlprobe: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"mysqlprobe: cannot serve on {config.bind}:{config.serverport}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"mysqlprobe: {exc.filename or 'I/O'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,13 @@ Owns serving reports to subscribers and the HTTP rules of the API:
   apart (``max_inbound``, 64 KiB): a larger message closes its connection (counted).
 - Errors are JSON ``{"error": reason}`` with 400 (bad parameter), 401 (token), 404, 405.
 - Endpoints that change state need the configured token (``Authorization: Bearer T``,
-  ``X-Mysqlprobe-Token: T`` or ``?token=T``) when one is set.
+  ``X-Mysqlprobe-Token: T`` or ``?token=T``) when one is set. On ``/collector`` that is
+  every control message (a master's hello, an acknowledgement): with a token set, the
+  websocket handshake must carry it, unless ``open_read`` lets subscribers that only read
+  in without it (their control messages are then refused). A bad control message is
+  counted and answered with a reason; an unauthenticated one also closes the connection.
+  Acknowledgements only remove this node's own reports; epochs are integers from 0 to
+  ``MAX_EPOCH``.
 """
 
 from __future__ import annotations
@@ -54,19 +60,33 @@ def problem(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
 
 
-def check_token(request: web.Request, token: str) -> None:
+def token_offered(request: web.Request, token: str) -> bool:
+    """Whether the request carries ``token`` (always true when no token is configured)."""
     if not token:
-        return
+        return True
     offered = (
         request.headers.get("X-Mysqlprobe-Token")
         or request.query.get("token")
         or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     )
+    if not offered:
+        return False
     try:
         offered_bytes = offered.encode()
     except UnicodeEncodeError:  # a header byte that is not UTF-8 (aiohttp keeps it as a surrogate)
         raise HTTPProblem(400, "the token is not valid UTF-8") from None
-    if not offered or not hmac.compare_digest(offered_bytes, token.encode()):
+    return hmac.compare_digest(offered_bytes, token.encode())
+
+
+def same_token(offered: object, token: str) -> bool:
+    """Whether a token sent inside a message (a JSON string) is the configured one."""
+    if not isinstance(offered, str) or not offered:
+        return False
+    return hmac.compare_digest(offered.encode("utf-8", "surrogatepass"), token.encode())
+
+
+def check_token(request: web.Request, token: str) -> None:
+    if not token_offered(request, token):
         raise HTTPProblem(401, "this endpoint needs the configured token")
 
 
@@ -79,10 +99,28 @@ class _Subscriber:
     sent: int = 0
     master: str | None = None  # the master node this subscriber says it is
     epoch: int = -1
+    authenticated: bool = False  # offered the token (or none is configured)
 
 
 #: Close code for a master whose epoch is older than one already seen (fenced off).
 CLOSE_STALE_EPOCH = 4409
+#: Close code for a control message from a subscriber without the token.
+CLOSE_UNAUTHENTICATED = 4401
+#: Largest epoch accepted in a hello (what a JSON number keeps exactly everywhere).
+MAX_EPOCH = 2**53 - 1
+
+
+class ControlError(ValueError):
+    """A /collector control message that is malformed or not allowed; the text says why."""
+
+
+def valid_epoch(value: object) -> int:
+    """An epoch from a hello: an integer (not a boolean, not a float) in 0..MAX_EPOCH."""
+    if type(value) is not int:
+        raise ControlError(f"epoch: expected an integer from 0 to {MAX_EPOCH}")
+    if not 0 <= value <= MAX_EPOCH:
+        raise ControlError(f"epoch: out of range 0-{MAX_EPOCH}")
+    return value
 
 
 class CollectorHub:
@@ -97,7 +135,16 @@ class CollectorHub:
         max_message: int = 64 << 20,
         max_inbound: int = DEFAULT_MAX_INBOUND,
         template_cache: int = DEFAULT_TEMPLATE_CACHE,
+        token: Callable[[], str] = lambda: "",
+        open_read: bool = False,
+        node: str = "",
     ) -> None:
+        self.token = token
+        self.open_read = open_read
+        self.node = node  # acknowledgements for another node are refused
+        self.incarnation = ""  # ... and for another incarnation of this one
+        self.control_refused = 0  # control messages without the token
+        self.control_rejected = 0  # malformed control messages
         self.max_queue = max_queue
         self.write_timeout_s = write_timeout_s
         self.heartbeat_s = heartbeat_s
@@ -138,7 +185,7 @@ class CollectorHub:
         self.published += 1
         self.last_report = report
         if self.spool is not None and "seq" in report:
-            self.spool.append((str(report["node"]), int(report["seq"])), encode(report))
+            self.spool.append((str(report.get("incarnation", "")), int(report["seq"])), encode(report))
         bare = [{k: v for k, v in t.items() if k != "template"} for t in report.get("templates", ())]
         for sub in list(self.subscribers):
             entries = []
@@ -173,8 +220,12 @@ class CollectorHub:
         ws = web.WebSocketResponse(heartbeat=self.heartbeat_s, max_msg_size=self.max_inbound)
         if not ws.can_prepare(request).ok:
             raise HTTPProblem(400, "/collector is a websocket endpoint")
+        authenticated = token_offered(request, self.token())
+        if not authenticated and not self.open_read:
+            raise HTTPProblem(401, "/collector needs the configured token")
         await ws.prepare(request)
         sub = _Subscriber(ws, asyncio.Queue(self.max_queue), OrderedDict(), request.remote or "?")
+        sub.authenticated = authenticated
         self.subscribers.add(sub)
         self.subscribers_total += 1
         writer = asyncio.ensure_future(self._writer(sub))
@@ -208,15 +259,55 @@ class CollectorHub:
             self.messages_sent += 1
 
     async def _request(self, sub: _Subscriber, text: str) -> None:
+        """One text message from a subscriber; never raises (a bad one is counted and
+        answered with the reason; one that needs the token and lacks it also closes)."""
+        try:
+            await self._control(sub, text)
+        except ControlError as exc:
+            self.control_rejected += 1
+            log.warning("/collector subscriber %s: bad control message: %s", sub.peer, exc)
+            with contextlib.suppress(Exception):
+                await sub.ws.send_str(json.dumps({"error": str(exc)}))
+        except PermissionError as exc:
+            self.control_refused += 1
+            log.warning("/collector subscriber %s: %s", sub.peer, exc)
+            self.subscribers.discard(sub)
+            with contextlib.suppress(Exception):
+                await sub.ws.send_str(json.dumps({"error": str(exc)}))
+                await sub.ws.close(code=CLOSE_UNAUTHENTICATED, message=b"token required")
+        except (ConnectionResetError, RuntimeError):
+            pass  # the subscriber went away while we answered
+        except Exception as exc:  # a bug must not end the node or the connection loop
+            self.control_rejected += 1
+            log.exception("/collector subscriber %s: control message failed", sub.peer)
+            with contextlib.suppress(Exception):
+                await sub.ws.send_str(json.dumps({"error": f"not understood ({type(exc).__name__})"}))
+
+    def _authorize(self, sub: _Subscriber, message: Mapping[str, Any], what: str) -> None:
+        if sub.authenticated:
+            return
+        if same_token(message.get("token"), self.token()):
+            sub.authenticated = True
+            return
+        raise PermissionError(f"{what} needs the configured token")
+
+    async def _control(self, sub: _Subscriber, text: str) -> None:
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
-        if isinstance(data, dict) and isinstance(data.get("hello"), dict):
-            await self._hello(sub, data["hello"])
+        if isinstance(data, dict) and "hello" in data:
+            hello = data["hello"]
+            if not isinstance(hello, dict):
+                raise ControlError("hello: expected an object")
+            await self._hello(sub, hello)
             return
-        if isinstance(data, dict) and isinstance(data.get("ack"), dict):
-            self._ack(sub, data["ack"])
+        if isinstance(data, dict) and "ack" in data:
+            ack = data["ack"]
+            if not isinstance(ack, dict):
+                raise ControlError("ack: expected an object")
+            self._authorize(sub, ack, "an acknowledgement")
+            self._ack(sub, ack)
             return
         try:
             if not isinstance(data, dict):
@@ -235,14 +326,13 @@ class CollectorHub:
     async def _hello(self, sub: _Subscriber, hello: Mapping[str, Any]) -> None:
         """A subscriber introduces itself. A master with an epoch older than one already
         seen is refused (fencing: a stalled master that comes back cannot act); a newer
-        master cuts off the older ones still subscribed."""
-        try:
-            epoch = int(hello.get("epoch", 0))
-        except (TypeError, ValueError):
-            epoch = 0
+        master cuts off the older ones still subscribed. Only a subscriber with the token
+        may say it is a master."""
         if hello.get("role") != "master":
             await sub.ws.send_str(json.dumps({"welcome": {"epoch": self.max_epoch}}))
             return
+        self._authorize(sub, hello, "a master's hello")
+        epoch = valid_epoch(hello.get("epoch"))
         if epoch < self.max_epoch:
             self.stale_masters_refused += 1
             log.warning("refusing master %s: epoch %d < %d", hello.get("node"), epoch, self.max_epoch)
@@ -283,22 +373,35 @@ class CollectorHub:
             self.replayed += 1
 
     def _ack(self, sub: _Subscriber, ack: Mapping[str, Any]) -> None:
-        """A master acknowledges reports it has merged durably: they leave the spool."""
-        if self.spool is None or sub.master is None or sub.epoch < self.max_epoch:
+        """A master acknowledges reports it has merged durably: they leave the spool. Only
+        this node's reports, of the incarnation named (default: the current one)."""
+        if sub.master is None or sub.epoch < self.max_epoch:
+            raise ControlError("ack: only the current master acknowledges (send a hello first)")
+        node = ack.get("node")
+        if not isinstance(node, str) or (self.node and node != self.node):
+            raise ControlError(f"ack: node must be this node ({self.node!r})")
+        incarnation = ack.get("incarnation", self.incarnation)
+        if not isinstance(incarnation, str):
+            raise ControlError("ack: incarnation must be a string")
+        seqs = ack["seqs"] if "seqs" in ack else [ack.get("seq")]
+        if not isinstance(seqs, list) or len(seqs) > 100_000:
+            raise ControlError("ack: seqs must be a list of sequence numbers")
+        if not all(type(seq) is int and 0 <= seq <= MAX_EPOCH for seq in seqs):
+            raise ControlError("ack: every seq must be an integer")
+        if self.spool is None:
             return
-        try:
-            node = str(ack["node"])
-            seqs = ack["seqs"] if "seqs" in ack else [ack["seq"]]
-            for seq in seqs:
-                self.spool.remove((node, int(seq)))
+        for seq in seqs:
+            if (incarnation, seq) in self.spool:
+                self.spool.remove((incarnation, seq))
                 self.acks += 1
-        except (KeyError, TypeError, ValueError):
-            return
 
     def status(self) -> dict[str, Any]:
         return {
             "max_epoch": self.max_epoch,
             "stale_masters_refused": self.stale_masters_refused,
+            "control_refused": self.control_refused,
+            "control_rejected": self.control_rejected,
+            "open_read": self.open_read,
             "masters": sorted(f"{s.master}@{s.epoch}" for s in self.subscribers if s.master is not None),
             "subscribers": len(self.subscribers),
             "subscribers_total": self.subscribers_total,

@@ -86,7 +86,7 @@ def test_static_master_merges_two_slaves(servers: list[MariaDB], tmp_path: Path)
         assert [n["role"] for n in nodes] == ["master", "slave", "slave", "slave"]
         assert {"name", "address", "role", "state", "server_port", "last_report"} <= set(nodes[1])
 
-        collector = Collector(f"ws://127.0.0.1:{master.port}/collector")
+        collector = Collector(f"ws://127.0.0.1:{master.port}/collector?token=t0k")
         collector.wait_for(
             lambda c: any(len([s for s in r["slaves"] if s["state"] == "reporting"]) == 2 for r in c.reports)
         )

@@ -150,7 +150,7 @@ def test_template_texts_for_late_subscribers_and_on_request(server: MariaDB, tmp
 
 def test_config_update_and_token(server: MariaDB, tmp_path: Path) -> None:
     node = Node(tmp_path, slave_config(server, token="s3cret")).start()
-    collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+    collector = Collector(f"ws://127.0.0.1:{node.port}/collector?token=s3cret")
     try:
         status, body = node.request("/config/update?report_period_ms=500")
         assert status == 401 and "token" in body["error"]
