@@ -59,14 +59,19 @@ class ReportIdentity:
             self.persisted = False
             self.fresh = True
             log.info("%s: no report sequence for %s, new incarnation %s", path, node, self.incarnation)
+            self._save()
+
+    def _save(self) -> bool:
+        payload = {"node": self.node, "incarnation": self.incarnation, "seq": self.seq}
+        if self.writes.write(self.path, KIND, payload):
+            self.persisted = True
+            return True
+        return False
 
     def next(self) -> int:
         """The next sequence number, persisted (or, if the disk refuses, see the module)."""
         self.seq += 1
-        payload = {"node": self.node, "incarnation": self.incarnation, "seq": self.seq}
-        if self.writes.write(self.path, KIND, payload):
-            self.persisted = True
-        elif self.persisted:
+        if not self._save() and self.persisted:
             self.incarnation = new_incarnation()
             self.persisted = False
             self.rotations += 1

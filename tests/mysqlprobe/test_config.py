@@ -90,3 +90,45 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_empty_file_is_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")) == Config(watcher=load_config(None).watcher)
+
+
+SECRET = "918273645"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"watcher:\n  password: {SECRET}\n", "watcher.password: expected a string, got a hidden value (int)"),
+        (f"token: {SECRET}\n", "token: expected a string, got a hidden value (int)"),
+        (f"token: [{SECRET}]\n", "token: expected a string, got a hidden value (list)"),
+        (f"watcher:\n  uname: u\n  password: 'x{SECRET}\n", "line 4, column 1: found unexpected end of stream"),
+        (f'watcher:\n  password: ab"{SECRET}: [x\n', "line 2, column"),
+        (f"token: @{SECRET}\n", "line 1, column 8: found character '...' that cannot start any token"),
+        (f"watcher:\n  password: {SECRET}\n   port: {SECRET}\n", "not valid YAML: line 3"),
+        (f"token: x\n\ttoken2: {SECRET}\n", "not valid YAML"),
+    ],
+)
+def test_errors_never_echo_a_secret(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_the_cli_never_prints_a_secret(tmp_path: Path) -> None:
+    """The real command, as an operator runs it: one line, exit 2, no secret."""
+    import subprocess
+    import sys
+
+    for text in (f"watcher:\n  password: {SECRET}\n", f"watcher:\n  password: '{SECRET}\n  uname: x\n"):
+        path = write(tmp_path, text)
+        result = subprocess.run(
+            [sys.executable, "-m", "mysqlprobe.cli", "run", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert result.stderr.startswith("mysqlprobe: config error:") and result.stderr.count("\n") == 1
+        assert SECRET not in result.stderr + result.stdout

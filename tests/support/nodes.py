@@ -43,17 +43,25 @@ class Node:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def state(self) -> Path:
+        """The state directory (``statedir``, or the default next to the configuration)."""
+        if self.config.get("statedir"):
+            return Path(self.config["statedir"])
+        return self.directory / f"{self.path.stem}.state"
+
     def start(
         self,
         timeout: float = 60.0,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], Any] | None = None,
         ready: Callable[[], Any] | None = None,
+        args: tuple[str, ...] = (),
     ) -> Node:
         """Start and wait until ``ready()`` (default: GET /status over plain http) succeeds."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mysqlprobe.cli", "run", "-c", str(self.path)],
+                [sys.executable, "-m", "mysqlprobe.cli", "run", "-c", str(self.path), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
