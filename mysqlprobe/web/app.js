@@ -157,7 +157,9 @@
     }
 
     connect(attempt) {
-      const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname.replace(/[^/]*$/, "") + "collector";
+      // With a token set, the node lets /collector in only with it: pass on the page's ?token=.
+      const token = new URLSearchParams(location.search).get("token");
+      const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname.replace(/[^/]*$/, "") + "collector" + (token ? "?token=" + encodeURIComponent(token) : "");
       const ws = new WebSocket(url);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
