@@ -15,6 +15,7 @@ from message.logins import LoginStats, LoginTable
 from message.report import OVERFLOW_KEY, OVERFLOW_TEMPLATE, SlowQuery, SlowSamples, TemplateStats
 from probe.mysql.constants import SERVER_QUERY_NO_GOOD_INDEX_USED, SERVER_QUERY_NO_INDEX_USED
 from probe.mysql.events import CommandCompleted, LoginFinished, ServerError
+from probe.redact import redact_message
 
 #: Default bound on templates per interval and on slow samples per interval.
 DEFAULT_MAX_TEMPLATES = 5000
@@ -145,7 +146,13 @@ class Aggregator:
                     client=client,
                     server=server,
                     conn_id=conn_id,
-                    error={"code": error_code, "sqlstate": sqlstate, "message": error_message} if error_code else None,
+                    error={
+                        "code": error_code,
+                        "sqlstate": sqlstate,
+                        "message": redact_message(error_message) if self.redact else error_message,
+                    }
+                    if error_code
+                    else None,
                     rows_sent=rows_sent,
                     rows_affected=rows_affected,
                 )

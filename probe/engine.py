@@ -340,11 +340,16 @@ class Engine:
                 self.flows.apply_known(conn.conv)
 
     def session_snapshot(self, limit: int = 100_000) -> dict[str, tuple[str, str, int | None, dict[int, str]]]:
-        """Per live connection, what a restart must not forget (bounded: ``limit`` entries)."""
+        """Per live connection, what a restart must not forget (bounded: ``limit`` entries).
+        With ``redact``, prepared statements are kept as their templates (never raw SQL):
+        the template of a template is itself."""
         out: dict[str, tuple[str, str, int | None, dict[int, str]]] = {}
         for conn in self.flows.table.values():
             snapshot = conn.conv.session_snapshot()
             if snapshot is not None:
+                if self.config.redact and snapshot[3]:
+                    prepared = {sid: self.normalizer.normalize(sql).text for sid, sql in snapshot[3].items()}
+                    snapshot = (snapshot[0], snapshot[1], snapshot[2], prepared)
                 out[conn.client] = snapshot
                 if len(out) >= limit:
                     break

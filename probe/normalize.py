@@ -2,8 +2,9 @@
 
 Owns the template rules of DESIGN.md ("Templates"): literals (strings, numbers, hex, bit)
 become ``?``; ``IN (...)`` lists of literals and multi-row ``VALUES (...), (...)`` collapse;
-comments go, optimizer hints ``/*+ ... */`` stay, executable comments ``/*! ... */`` keep
-their content; whitespace is canonical; reserved words and built-in function names are
+comments go, real optimizer hints ``/*+ ... */`` stay with their literals as ``?``
+(``probe.redact``), executable comments ``/*! ... */`` keep their content; an account's
+host (``'u'@'h'``) is a literal; whitespace is canonical; reserved words and built-in function names are
 upper-cased while identifiers keep their spelling (backticks dropped). Nothing is ever
 rejected: text that does not parse still tokenizes, and unknown characters pass through.
 
@@ -26,6 +27,8 @@ import hashlib
 import re
 from collections.abc import Iterator
 from typing import NamedTuple
+
+from probe.redact import optimizer_hint
 
 # -- shared literal syntax ---------------------------------------------------------------
 # The fast path and the tokenizer must agree on what a literal is, so both are built from
@@ -73,6 +76,8 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
+
+_WORD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 # Token kinds after classification.
 _KW = 1  # keyword or built-in function name (upper-cased)
@@ -644,9 +649,13 @@ def template_key(text: str) -> str:
 def _tokens(sql: str) -> Iterator[tuple[int, str]]:
     """Classified tokens of ``sql``; comments dropped, literals as ``?``."""
     in_exec_comment = 0
+    host_end = -1  # end of an account's host: adjacent ``.name`` parts belong to it
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
         text = match.group()
+        if match.start() == host_end and (text == "." or kind in ("word", "number")):
+            host_end = match.end()
+            continue
         if kind == "word":
             upper = text.upper()
             if upper in RESERVED_WORDS or (upper in FUNCTION_NAMES and sql[match.end() : match.end() + 1] == "("):
@@ -664,9 +673,16 @@ def _tokens(sql: str) -> Iterator[tuple[int, str]]:
             # Plain names lose their backticks; odd ones keep them so the template stays readable.
             yield _ID, body if _PLAIN_NAME.fullmatch(body) else text
         elif kind == "var":
-            yield _VAR, text
+            # An account's host ('u'@'h', u@h): a literal, whatever its quoting.
+            if text[1:2] in ("'", '"', "`") or (match.start() and sql[match.start() - 1] in "'\"`_$" + _WORD):
+                host_end = match.end()
+                yield _VAR, "@?"
+            else:
+                yield _VAR, text
         elif kind == "hint":
-            yield _HINT, " ".join(text.split())
+            hint = optimizer_hint(text)  # None: not a real hint, dropped like a comment
+            if hint is not None:
+                yield _HINT, hint
         elif kind == "execstart":
             in_exec_comment += 1
         elif kind == "execend":
