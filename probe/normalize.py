@@ -653,7 +653,7 @@ def _tokens(sql: str) -> Iterator[tuple[int, str]]:
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
         text = match.group()
-        if match.start() == host_end and (text == "." or kind in ("word", "number")):
+        if match.start() == host_end and (text == "." or kind in ("word", "number", "ph", "string")):
             host_end = match.end()
             continue
         if kind == "word":
@@ -674,7 +674,7 @@ def _tokens(sql: str) -> Iterator[tuple[int, str]]:
             yield _ID, body if _PLAIN_NAME.fullmatch(body) else text
         elif kind == "var":
             # An account's host ('u'@'h', u@h): a literal, whatever its quoting.
-            if text[1:2] in ("'", '"', "`") or (match.start() and sql[match.start() - 1] in "'\"`_$" + _WORD):
+            if text[1:2] in ("'", '"', "`") or (match.start() and sql[match.start() - 1] in "'\"`_$?" + _WORD):
                 host_end = match.end()
                 yield _VAR, "@?"
             else:

@@ -80,10 +80,10 @@ class DiskSpool:
                 )
                 continue
             stat = path.stat()
-            found.append((stat.st_mtime_ns, int(match.group(1)), (tag, int(match.group(1)))))
+            found.append((int(match.group(1)), stat.st_mtime_ns, (tag, int(match.group(1)))))
             self._entries[(tag, int(match.group(1)))] = (stat.st_size, None)
             self.bytes += stat.st_size
-        order = [key for _, _, key in sorted(found)]
+        order = [key for _, _, key in sorted(found)]  # by seq (incarnations interleave: harmless)
         self._entries = OrderedDict((key, self._entries[key]) for key in order)
 
     def _tag(self, encoded: str | None) -> str | None:
@@ -148,6 +148,11 @@ class DiskSpool:
     def _flush_memory(self) -> None:
         """Move reports held in memory to disk, oldest first, while writes succeed."""
         self.last_error = None  # try again
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)  # it may never have been made
+        except OSError as exc:
+            self._failed(exc)
+            return
         for key, (size, body) in list(self._entries.items()):
             if body is None:
                 continue

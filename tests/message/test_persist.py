@@ -85,3 +85,30 @@ def test_a_payload_changed_while_it_is_written_is_still_one_consistent_state(tmp
     finally:
         stop.set()
         mutator.join()
+
+
+def test_state_writes_degrade_on_descriptor_exhaustion_and_recover(tmp_path: Path) -> None:
+    """Real EMFILE: every descriptor of a low limit is taken, then given back."""
+    import resource
+
+    from message.persist import StateWrites
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    held = []
+    try:
+        try:
+            while True:
+                held.append(open(os.devnull, "rb"))  # noqa: SIM115 (held on purpose)
+        except OSError:
+            pass
+        writes = StateWrites(tmp_path)
+        assert not writes.write(tmp_path / "seq.json", "report-seq", {"seq": 1})
+        assert writes.degraded and "Too many open files" in writes.status()["failing"]["seq.json"]
+    finally:
+        for fh in held:
+            fh.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert writes.write(tmp_path / "seq.json", "report-seq", {"seq": 2})
+    assert not writes.degraded and writes.recoveries == 1 and writes.write_errors == 1
+    assert read_state(tmp_path / "seq.json", "report-seq") == {"seq": 2}
