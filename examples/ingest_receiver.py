@@ -3,8 +3,9 @@
 Listens for websocket connections on PATH (default /ingest). Each binary message is one
 report (a raw snappy block of JSON); the receiver appends it to a JSON-lines log (synced
 to disk before acknowledging), then answers ``{"ack": {"node": N, "seq": S}}``. Reports
-are deduplicated by (node, seq), also across restarts (the log is read at start), so a
-report the pusher resends after a lost acknowledgement is stored once.
+are deduplicated by (node, incarnation, seq), also across restarts (the log is read at
+start), so a report the pusher resends after a lost acknowledgement is stored once, and a
+node that lost its state (a new incarnation, numbering from 1 again) is stored anew.
 
     python3 examples/ingest_receiver.py --port 9000 --log received.jsonl
 """
@@ -29,11 +30,11 @@ from message import CodecError, decode
 class Receiver:
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
-        self.seen: set[tuple[str, int]] = set()
+        self.seen: set[tuple[str, str, int]] = set()
         if log_path.exists():
             for line in log_path.read_text().splitlines():
                 entry = json.loads(line)
-                self.seen.add((entry["node"], entry["seq"]))
+                self.seen.add((entry["node"], entry.get("incarnation", ""), entry["seq"]))
         self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the server's life
         self.duplicates = 0
 
@@ -43,7 +44,7 @@ class Receiver:
                 continue
             try:
                 report = decode(message)
-                key = (str(report["node"]), int(report["seq"]))
+                key = (str(report["node"]), str(report.get("incarnation", "")), int(report["seq"]))
             except (CodecError, KeyError, TypeError, ValueError):
                 await ws.send(json.dumps({"error": "not a report"}))
                 continue
@@ -53,14 +54,15 @@ class Receiver:
                 self.seen.add(key)
                 record = {
                     "node": key[0],
-                    "seq": key[1],
+                    "incarnation": key[1],
+                    "seq": key[2],
                     "interval": report.get("interval"),
                     "queries": report.get("totals", {}).get("queries", 0),
                 }
                 self.log.write(json.dumps(record) + "\n")
                 self.log.flush()
                 os.fsync(self.log.fileno())
-            await ws.send(json.dumps({"ack": {"node": key[0], "seq": key[1]}}))
+            await ws.send(json.dumps({"ack": {"node": key[0], "seq": key[2]}}))
 
 
 async def main() -> None:

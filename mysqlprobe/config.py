@@ -91,6 +91,9 @@ class ProbeConfig:
     """Slow samples per interval (the worst are kept)."""
     maxconnections: int = field(default=20000, metadata={"check": _check_positive})
     """Connections tracked per worker; the least recently active are evicted first."""
+    maxpreparedmb: int = field(default=64, metadata={"check": _check_positive})
+    """MiB of prepared-statement SQL a worker keeps over all its connections; past it a newly
+    prepared statement keeps only its template (counted: ``limit_hits.max_prepared_bytes``)."""
 
 
 @dataclass

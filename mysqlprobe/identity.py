@@ -9,8 +9,6 @@ When the state file cannot be written (a full disk, a read-only directory), numb
 on in memory; but a restart would then read an older seq back and number reports that were
 already sent a second time. So the first failed write switches to a new incarnation that
 was never on disk: whatever happens next, no (incarnation, seq) is used twice.
-
-Also the shape check of the slave checkpoint (``parse_slave_checkpoint``).
 """
 
 from __future__ import annotations
@@ -80,17 +78,3 @@ class ReportIdentity:
 
     def status(self) -> dict[str, Any]:
         return {"incarnation_rotations": self.rotations, "fresh": self.fresh}
-
-
-def parse_slave_checkpoint(payload: Any) -> tuple[str | None, int | None, dict[str, Any]]:
-    """(node, end of the last interval, sessions by endpoint) of ``checkpoint.json``."""
-    node, last_end = payload.get("node"), payload.get("last_end_ns")
-    if node is not None and not isinstance(node, str):
-        raise TypeError("node must be a string")
-    if last_end is not None and type(last_end) is not int:
-        raise TypeError("last_end_ns must be a whole number")
-    sessions: dict[str, Any] = {}
-    for endpoint, session in dict(payload.get("sessions", {})).items():
-        user, db, conn_id, prepared = session
-        sessions[str(endpoint)] = (user, db, conn_id, {int(k): v for k, v in dict(prepared).items()})
-    return node, last_end, sessions

@@ -68,8 +68,12 @@ class WorkerInterval:
     slow_dropped: int
     counters: dict[str, int]
     capture: dict[str, Any]
+    # What changed in the worker's sessions since its previous answer (all of them when
+    # ``sessions_full``: its first answer), and the endpoints whose session ended.
     sessions: dict[str, tuple[str, str, int | None, dict[int, str]]] = field(default_factory=dict)
     logins: list[LoginStats] = field(default_factory=list)
+    sessions_gone: list[str] = field(default_factory=list)
+    sessions_full: bool = True
 
 
 def worker_main(index: int, settings: WorkerSettings, control: Connection) -> None:
@@ -173,6 +177,7 @@ class _DrainCutter:
         self.pending: list[tuple[int, int]] = []  # (request id, end_ns), oldest first
         self.held: list[Batch | None] = [None] * len(captures)  # packets after the oldest cut
         self.previous: dict[str, Any] = {}
+        self.sessions_sent: dict[str, Any] | None = None  # None: none sent yet
         self.batches = 0
 
     def _feed(self, position: int, batch: Batch) -> bool:
@@ -209,8 +214,15 @@ class _DrainCutter:
                 return
             request, _end_ns = self.pending.pop(0)
             self.engine.tick(time.time_ns())
-            self.previous = _drain(
-                request, self.index, self.engine, self.captures, self.previous, self.control, self.batches
+            self.previous, self.sessions_sent = _drain(
+                request,
+                self.index,
+                self.engine,
+                self.captures,
+                self.previous,
+                self.control,
+                self.batches,
+                self.sessions_sent,
             )
             if not self.pending and not any(self.held):
                 return
@@ -224,8 +236,18 @@ def _drain(
     previous: dict[str, Any],
     control: Connection,
     batches: int,
-) -> dict[str, Any]:
+    sessions_sent: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Answer a drain; returns (cumulative counters, sessions as now sent). Sessions go as
+    a delta against the previous answer: a few changes, not every connection's prepared
+    statements again."""
     interval = engine.drain()
+    snapshot = engine.session_snapshot()
+    if sessions_sent is None:
+        changed, gone = snapshot, []
+    else:
+        changed = {k: v for k, v in snapshot.items() if sessions_sent.get(k) != v}
+        gone = [k for k in sessions_sent if k not in snapshot]
     cumulative = engine.capture_counters()
     cumulative["capture_batches"] = batches
     received = dropped = if_dropped = 0
@@ -253,12 +275,14 @@ def _drain(
                 slow_dropped=interval.slow_dropped,
                 counters=interval.counters,
                 capture=delta,
-                sessions=engine.session_snapshot(),
+                sessions=changed,
+                sessions_gone=gone,
+                sessions_full=sessions_sent is None,
                 logins=interval.logins,
             ),
         )
     )
-    return cumulative
+    return cumulative, snapshot
 
 
 class WorkerError(RuntimeError):

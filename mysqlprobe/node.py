@@ -38,7 +38,7 @@ from mysqlprobe.config import Config, ConfigError, load_config, state_dir
 from mysqlprobe.dashboard import Dashboard
 from mysqlprobe.guard import ConnectionGuard, connection_bound, raise_descriptor_limit
 from mysqlprobe.history import HistoryAPI, HistoryService
-from mysqlprobe.identity import ReportIdentity, parse_slave_checkpoint
+from mysqlprobe.identity import ReportIdentity
 from mysqlprobe.live import WorkerError, WorkerInterval, WorkerPool, WorkerSettings
 from mysqlprobe.logging_setup import configure as configure_logging
 from mysqlprobe.otlp import OtlpExporter
@@ -52,6 +52,7 @@ from mysqlprobe.server import (
     request_params,
     valid_epoch,
 )
+from mysqlprobe.sessions import SessionCheckpoint, WorkerSessions
 from mysqlprobe.tls import client_context, server_context
 from probe.engine import EngineConfig
 from probe.flows import FlowLimits
@@ -421,7 +422,9 @@ class SlaveNode(BaseNode):
             max_templates=config.probe.maxtemplates,
             redact=config.redact,
             dedup_ns=2_000_000 if len(config.devices) > 1 else 0,
-            flows=FlowLimits(max_connections=config.probe.maxconnections),
+            flows=FlowLimits(
+                max_connections=config.probe.maxconnections, max_prepared_bytes=config.probe.maxpreparedmb << 20
+            ),
         )
         self.pool = WorkerPool(
             WorkerSettings(
@@ -479,12 +482,10 @@ class SlaveNode(BaseNode):
         # checkpoint keeps the end of the last interval (to report a restart's downtime as a
         # capture gap) and, per connection, what the wire will not say again.
         self.hub.spool = DiskSpool(state / "spool" / "master", "")
-        checkpoint = read_shaped(state / "checkpoint.json", "slave-checkpoint", parse_slave_checkpoint)
-        if checkpoint is None or checkpoint[0] not in (None, self.name):
-            checkpoint = (None, None, {})
-        self.last_end_ns: int | None = checkpoint[1]
+        self.checkpoint = SessionCheckpoint(state, self.name, self.writes)
+        self.last_end_ns, restored = self.checkpoint.load()
+        self.worker_sessions = WorkerSessions(restored, config.probe.workers)
         self.pending_gap: dict[str, Any] | None = None
-        self.sessions: dict[str, Any] = checkpoint[2]
         self._pool_lock = asyncio.Lock()
 
     # -- wiring ---------------------------------------------------------------------------
@@ -548,21 +549,13 @@ class SlaveNode(BaseNode):
                 del self.drained[next(iter(self.drained))]
             self.publish_late(late)
             report = self.build_report(start, end, answers, missing)
-            for answer in answers:
-                self.sessions.update(answer.sessions)
-            live = set().union(*(a.sessions for a in answers)) if answers and not missing else None
-            if live is not None:
-                self.sessions = {k: v for k, v in self.sessions.items() if k in live}
+            self._apply_sessions(answers)
             self.publish(report)
             self.last_end_ns = end
             if "epoch.json" in self.writes.failing:
                 self._save_epoch()
-            await asyncio.to_thread(
-                self.writes.write,
-                self.state / "checkpoint.json",
-                "slave-checkpoint",
-                {"node": self.name, "last_end_ns": end, "sessions": self.sessions},
-            )
+            changed_sessions, gone = self.worker_sessions.take_changes()
+            await asyncio.to_thread(self.checkpoint.record, end, self.sessions, changed_sessions, gone)
             changed = self.settings.apply_pending()
             if "slow_threshold_ms" in changed:
                 self.pool.broadcast(("slow_threshold_us", changed["slow_threshold_ms"] * 1000))
@@ -577,9 +570,18 @@ class SlaveNode(BaseNode):
         for request, answers in sorted(by_request.items()):
             start, end = self.drained.get(request, (0, 0))
             log.warning("%d capture worker answer(s) for interval %d came late", len(answers), request)
-            for answer in answers:
-                self.sessions.update(answer.sessions)
+            self._apply_sessions(answers)
             self.publish(self.build_report(start, end, answers, [], late=True))
+
+    @property
+    def sessions(self) -> dict[str, Any]:
+        """Per live connection, what the wire will not say again (restored ones included
+        until every worker has answered)."""
+        return self.worker_sessions.current()
+
+    def _apply_sessions(self, answers: list[WorkerInterval]) -> None:
+        for answer in answers:
+            self.worker_sessions.apply(answer.index, answer.sessions, answer.sessions_gone, answer.sessions_full)
 
     # -- reports --------------------------------------------------------------------------
 
@@ -649,6 +651,7 @@ class SlaveNode(BaseNode):
                 "dropped_kernel": self.capture_totals.get("dropped_kernel", 0),
                 "dropped_interface": self.capture_totals.get("dropped_interface", 0),
                 "workers": self.pool.status(),
+                "checkpoint": self.checkpoint.status(),
                 "workers_restarted": self.pool.restarts,
                 "watcher": self.watcher.status() if self.watcher is not None else None,
                 "heartbeat": self._heartbeat(),

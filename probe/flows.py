@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Address, Segment
-from probe.mysql.conversation import Conversation, ConversationLimits
+from probe.mysql.conversation import DEFAULT_MAX_PREPARED_BYTES, Conversation, ConversationLimits, PreparedBudget
 from probe.mysql.events import TO_CLIENT, TO_SERVER, Event
 from probe.normalize import Normalizer
 
@@ -123,6 +123,8 @@ class FlowLimits:
     reorder_ns: int = DEFAULT_REORDER_NS
     """The same window in capture time; whichever ends first declares the gap."""
     conversation: ConversationLimits = field(default_factory=ConversationLimits)
+    max_prepared_bytes: int = DEFAULT_MAX_PREPARED_BYTES
+    """SQL bytes of prepared statements kept over all connections (``PreparedBudget``)."""
 
 
 class FlowTable:
@@ -154,6 +156,7 @@ class FlowTable:
         self.unread_closed = 0  # exchanges of connections already gone that could not be read
         self.non_mysql_closed = 0  # connections already gone that did not speak MySQL
         self.limit_hits_closed: dict[str, int] = {}  # conversation bounds hit by closed connections
+        self.prepared_budget = PreparedBudget(self.limits.max_prepared_bytes)
         # Client endpoint -> (user, db, connection id, {statement id: SQL}), from the
         # server's process list and from a checkpoint, for connections whose handshake the
         # probe never saw.
@@ -286,6 +289,7 @@ class FlowTable:
         client = endpoint(key[0], key[1])
         server = endpoint(key[2], key[3])
         conv = Conversation(client, server, self.normalizer, from_start=from_start, limits=self.limits.conversation)
+        conv.budget = self.prepared_budget
         conn = Connection(client, server, conv, ts)
         if not from_start:
             self.apply_known(conv)
@@ -398,6 +402,7 @@ class FlowTable:
         self.unparsed_closed += conn.conv.unparsed_segments
         self.unread_closed += conn.conv.unread_exchanges
         self.non_mysql_closed += conn.conv.not_mysql
+        conn.conv.release_budget()
         for name, hits in conn.conv.limit_hits.items():
             self.limit_hits_closed[name] = self.limit_hits_closed.get(name, 0) + hits
         if self.table.get(key) is conn:

@@ -25,15 +25,17 @@ from probe.mysql.state import (
     CLOSED,
     COMMANDS,
     CONNECT,
+    DEFAULT_MAX_PREPARED_BYTES,
     ENCRYPTED,
     GREETING,
     LOGIN,
     R_INFILE,
     UNSYNCED,
     ConversationLimits,
+    PreparedBudget,
 )
 
-__all__ = ["Conversation", "ConversationLimits"]
+__all__ = ["DEFAULT_MAX_PREPARED_BYTES", "Conversation", "ConversationLimits", "PreparedBudget"]
 
 
 class Conversation(Responses):

@@ -38,7 +38,7 @@ class PreparedStatements(Handshake):
             self._limit("max_prepared")
             return False
         inner = self.normalizer.normalize(sql)
-        self.prepared[stmt_id] = PreparedStatement(inner, sql, count_placeholders(sql), True, stmt_id)
+        self._remember(stmt_id, PreparedStatement(inner, sql, count_placeholders(sql), True, stmt_id))
         return True
 
     def _statement(self, stmt_id: int) -> PreparedStatement | None:
@@ -68,7 +68,7 @@ class PreparedStatements(Handshake):
                 return
             if code == c.Command.STMT_CLOSE:
                 if stmt.stmt_id is not None and self.prepared.get(stmt.stmt_id) is stmt:
-                    del self.prepared[stmt.stmt_id]
+                    self._forget(self.prepared.pop(stmt.stmt_id))
             else:
                 stmt.long_data.clear()
 
@@ -124,8 +124,8 @@ class PreparedStatements(Handshake):
             stmt.stmt_id = ok.stmt_id
             if ok.stmt_id not in self.prepared and len(self.prepared) >= self.limits.max_prepared:
                 self._limit("max_prepared")
-                del self.prepared[next(iter(self.prepared))]
-            self.prepared[ok.stmt_id] = stmt
+                self._forget(self.prepared.pop(next(iter(self.prepared))))
+            self._remember(ok.stmt_id, stmt)
         cmd.remaining_columns = ok.columns
         if ok.params:
             cmd.remaining = ok.params

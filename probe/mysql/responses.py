@@ -397,8 +397,7 @@ class Responses(Requests):
                     self.user, self.db = cmd.session_arg
                 if ok.schema is not None:
                     self.db = ok.schema
-                self.prepared.clear()
-                self.last_prepared = None
+                self._clear_prepared()
                 self._finish(cmd, ts, None, ok.status, ok.warnings)
             elif header == c.ERR_HEADER:
                 self._finish(cmd, ts, p.parse_err(payload), 0, 0)
@@ -478,8 +477,7 @@ class Responses(Requests):
             elif cmd.code == c.Command.SET_OPTION:
                 self.multi_statements = cmd.session_arg == 0
         if cmd.code == c.Command.RESET_CONNECTION:
-            self.prepared.clear()
-            self.last_prepared = None
+            self._clear_prepared()
 
     def _result_end(self, ts: int, cmd: Request, payload: bytes, length: int) -> None:
         if length < 9:

@@ -86,11 +86,29 @@ class ConversationLimits:
     """Bytes of COM_STMT_SEND_LONG_DATA kept per parameter, for samples."""
 
 
+#: Bytes of prepared-statement SQL one worker keeps over all its connections.
+DEFAULT_MAX_PREPARED_BYTES = 64 << 20
+
+
+class PreparedBudget:
+    """The SQL bytes of the prepared statements all connections of one worker remember,
+    shared by their conversations: past ``max_bytes`` a newly prepared statement keeps
+    only its template (executes still get it; samples show the template instead of the
+    SQL) and ``max_prepared_bytes`` is counted. A statement gives its bytes back when it
+    is closed, evicted, reset or its connection ends."""
+
+    __slots__ = ("max_bytes", "used")
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_PREPARED_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+
 class PreparedStatement:
     """A statement prepared on the connection: known from its COM_STMT_PREPARE request,
     given an id by the server's COM_STMT_PREPARE_OK (``stmt_id``), or refused (``failed``)."""
 
-    __slots__ = ("complete", "failed", "long_data", "params", "sql", "stmt_id", "template", "types")
+    __slots__ = ("charged", "complete", "failed", "long_data", "params", "sql", "stmt_id", "template", "types")
 
     def __init__(self, template: Template, sql: str, params: int, complete: bool, stmt_id: int | None = None) -> None:
         self.template = template
@@ -101,6 +119,7 @@ class PreparedStatement:
         self.complete = complete
         self.stmt_id = stmt_id
         self.failed = False
+        self.charged = 0  # bytes of ``sql`` counted against the worker's PreparedBudget
 
 
 class Request:
@@ -192,6 +211,8 @@ class ConnectionState:
         self.compressed = False
         self.multi_statements = True  # assumed until the handshake says otherwise
         self.prepared: dict[int, PreparedStatement] = {}
+        self.budget: PreparedBudget | None = None  # the worker's, set by its flow table
+        self.prepared_bytes = 0  # what this connection's statements hold of it
         # The statement of the most recent COM_STMT_PREPARE request, answered or not: what
         # MariaDB's statement id -1 ("the statement just prepared") refers to.
         self.last_prepared: PreparedStatement | None = None
@@ -333,3 +354,43 @@ class ConnectionState:
 
     def _limit(self, name: str) -> None:
         self.limit_hits[name] = self.limit_hits.get(name, 0) + 1
+
+    def _remember(self, stmt_id: int, stmt: PreparedStatement) -> None:
+        """Keep ``stmt`` under ``stmt_id``, its SQL charged to the worker's budget (past the
+        budget only its template is kept, counted)."""
+        old = self.prepared.get(stmt_id)
+        if old is not None and old is not stmt:
+            self._forget(old)
+        self.prepared[stmt_id] = stmt
+        budget = self.budget
+        if budget is None or stmt.charged:
+            return
+        cost = len(stmt.sql)
+        if budget.used + cost > budget.max_bytes:
+            self._limit("max_prepared_bytes")
+            stmt.sql = stmt.template.text  # shared with the normalizer's cache
+            return
+        budget.used += cost
+        self.prepared_bytes += cost
+        stmt.charged = cost
+
+    def _forget(self, stmt: PreparedStatement) -> None:
+        """Give a statement's bytes back to the budget (it is closed, evicted or reset)."""
+        if stmt.charged and self.budget is not None:
+            self.budget.used -= stmt.charged
+            self.prepared_bytes -= stmt.charged
+        stmt.charged = 0
+
+    def _clear_prepared(self) -> None:
+        for stmt in self.prepared.values():
+            self._forget(stmt)
+        self.prepared.clear()
+        self.last_prepared = None
+
+    def release_budget(self) -> None:
+        """The connection ends: everything it held goes back to the budget."""
+        if self.budget is not None:
+            self.budget.used -= self.prepared_bytes
+        self.prepared_bytes = 0
+        for stmt in self.prepared.values():
+            stmt.charged = 0
