@@ -53,6 +53,8 @@ def check_interval_report(document: Any) -> dict[str, Any]:
         raise SchemaError("node: expected a non-empty string")
     if not _is_int(report.get("seq")) or report["seq"] < 0:
         raise SchemaError("seq: expected a non-negative integer")
+    if not isinstance(report.get("incarnation", ""), str):
+        raise SchemaError("incarnation: expected a string")
     interval = _object(report.get("interval"), "interval")
     for name in ("start_ns", "end_ns"):
         if not _is_int(interval.get(name)):

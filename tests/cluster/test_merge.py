@@ -166,3 +166,33 @@ def test_login_entries_add_across_slaves_and_survive_a_restore() -> None:
         assert (app["count"], app["errors"], app["session_errors"]) == (5, {"1045": 3}, {"1927": 1})
         assert logins[("", "10.0.0.9")]["errors"] == {"1040": 1}
         assert (app["first_seen_ns"], app["last_seen_ns"]) == (11, 19)
+
+
+def with_incarnation(report: dict[str, Any], incarnation: str) -> dict[str, Any]:
+    return {**report, "incarnation": incarnation}
+
+
+def test_a_slave_without_its_state_is_a_new_incarnation_merged_not_dropped() -> None:
+    merger = ReportMerger()
+    for seq in range(1, 6):
+        assert merger.add(with_incarnation(slave_report("s", seq, [("k", 0, [10])]), "old")) == "merged"
+    # Restarted without state: seq 1 again, under a new incarnation.
+    assert merger.add(with_incarnation(slave_report("s", 1, [("k", 0, [10])]), "new")) == "merged"
+    assert merger.add(with_incarnation(slave_report("s", 2, [("k", 0, [10])]), "new")) == "merged"
+    assert merger.add(with_incarnation(slave_report("s", 2, [("k", 0, [10])]), "new")) == "duplicate"
+    # A late replay of the old incarnation is merged once, and only once.
+    assert merger.add(with_incarnation(slave_report("s", 6, [("k", 0, [10])]), "old")) == "merged"
+    assert merger.add(with_incarnation(slave_report("s", 3, [("k", 0, [10])]), "old")) == "duplicate"
+    assert merger.restarts_without_state == 1
+    report = drain(merger, ["s"])
+    entry = report["slaves"][0]
+    assert entry["incarnation"] == "new" and entry["restarted_without_state"] == ["new"]
+    assert report["restarts_without_state"] == 1 and report["templates"][0]["count"] == 8
+    # A checkpoint keeps the incarnations: after a master restart nothing is merged twice.
+    restored = ReportMerger()
+    restored.restore(merger.snapshot())
+    assert restored.add(with_incarnation(slave_report("s", 2, [("k", 0, [10])]), "new")) == "duplicate"
+    assert restored.add(with_incarnation(slave_report("s", 5, [("k", 0, [10])]), "old")) == "duplicate"
+    assert restored.add(with_incarnation(slave_report("s", 3, [("k", 0, [10])]), "new")) == "merged"
+    assert restored.restarts_without_state == 1
+    assert merger.add(with_incarnation(slave_report("s", 1, [("k", 0, [10])]), 5)) == "rejected"  # type: ignore[arg-type]
