@@ -211,6 +211,10 @@ class LiveCapture:
             raise CaptureError(f"cannot capture on {device}: {exc}") from None
         self._handle = handle
         self.linktype: int = handle.datalink()
+        # Between activation and setfilter the socket takes every packet on the device, and
+        # the kernel counts those it could not queue (on a busy ``lo``: thousands, none of
+        # them ours). Counters start when the filter is in place.
+        self._baseline = self._raw_stats()
 
     def fileno(self) -> int:
         return int(self._handle.getfd())
@@ -223,10 +227,16 @@ class LiveCapture:
             raise CaptureError(f"capture on {self.device} failed: {exc}") from None
         return buffer, meta
 
-    def stats(self) -> tuple[int, int, int]:
-        """(received, dropped by the kernel, dropped by the interface) since opening."""
+    def _raw_stats(self) -> tuple[int, int, int]:
         received, dropped, if_dropped = self._handle.stats()
         return int(received), int(dropped), int(if_dropped)
+
+    def stats(self) -> tuple[int, int, int]:
+        """(received, dropped by the kernel, dropped by the interface) since the port
+        filter was attached."""
+        received, dropped, if_dropped = self._raw_stats()
+        base_received, base_dropped, base_if_dropped = self._baseline
+        return received - base_received, dropped - base_dropped, if_dropped - base_if_dropped
 
     def dispatch_to(self, dumper: Any, count: int = -1) -> int:
         """Write what is ready to a pcap dumper (tests and ``--write``); returns packets."""
