@@ -45,6 +45,8 @@ log = logging.getLogger("mysqlprobe.server")
 DEFAULT_TEMPLATE_CACHE = 100_000
 #: Keys remembered per subscriber as already sent.
 DEFAULT_KNOWN_KEYS = 100_000
+#: Seconds a request body may take to arrive.
+BODY_TIMEOUT_S = 10.0
 #: Largest message a subscriber may send (config ``websocket.maxinbound``).
 DEFAULT_MAX_INBOUND = 64 << 10
 
@@ -448,22 +450,28 @@ async def request_params(request: web.Request) -> dict[str, str]:
     """Query string and, for POST, form or JSON body parameters (body wins)."""
     params = dict(request.query)
     if request.method == "POST" and request.can_read_body:
-        if request.content_type == "application/json":
-            try:
-                body = await request.json()
-            except ValueError:
-                raise HTTPProblem(400, "the body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise HTTPProblem(400, "the JSON body must be an object")
-            params.update({str(k): str(v) for k, v in body.items()})
-        else:
-            try:
-                form = await request.post()
-            except (ValueError, AssertionError, HttpProcessingError) as exc:
-                # The body's bytes are not echoed: they may hold a token.
-                raise HTTPProblem(
-                    400, f"the {request.content_type} body cannot be read ({type(exc).__name__})"
-                ) from None
-            params.update({k: str(v) for k, v in form.items()})
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled in holds a connection
+                params.update(await _body_params(request))
+        except TimeoutError:
+            raise HTTPProblem(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
     params.pop("token", None)
     return params
+
+
+async def _body_params(request: web.Request) -> dict[str, str]:
+    """Parameters of a POST body: a JSON object, or a form (urlencoded or multipart)."""
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPProblem(400, "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPProblem(400, "the JSON body must be an object")
+        return {str(k): str(v) for k, v in body.items()}
+    try:
+        form = await request.post()
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
+        # The body's bytes are not echoed: they may hold a token.
+        raise HTTPProblem(400, f"the {request.content_type} body cannot be read ({type(exc).__name__})") from None
+    return {k: str(v) for k, v in form.items()}
