@@ -7,8 +7,10 @@ At 25% and 50% of the run the leading master is killed (-9) and restarted 5 s la
 the second slave is killed, its state directory deleted, and restarted. At the end it
 prints, per server and in total: statements executed (performance_schema, schema sbtest),
 counted by the slaves (reports deduplicated by node, incarnation and seq, read from each
-slave's /collector) and merged by the masters (each master's /report/totals; a report one
-master merged just before being killed can be merged again by the next one), the RSS of
+slave's /collector), published by the masters (their merged reports read from each master's
+/collector, deduplicated by node and seq; a slave report one master merged just before
+being killed can be merged again by the next one) and what each master's /report/totals
+holds (it starts afresh when the master wins an election), the RSS of
 every process (node plus its capture workers) over time, and every drop counter of /status.
 
 Run from the repository root as root: ``python3 bench/soak.py [--seconds 600] [--threads 8]``.
@@ -167,7 +169,7 @@ class Soak:
             server.query("TRUNCATE performance_schema.events_statements_summary_by_digest")
         # Each slave's reports, read straight from it (a fresh subscriber after a restart).
         self.subscribers = {
-            name: [Collector(f"ws://127.0.0.1:{self.nodes[name].port}/collector")] for name in ("s1", "s2")
+            name: [Collector(f"ws://127.0.0.1:{self.nodes[name].port}/collector")] for name in ("s1", "s2", "m1", "m2")
         }
         runs = [
             subprocess.Popen(
@@ -208,6 +210,7 @@ class Soak:
         self.log(f"{successor} leads")
         time.sleep(5)
         node.start()
+        self.subscribers[name].append(Collector(f"ws://127.0.0.1:{node.port}/collector"))
         self.log(f"{name} restarted")
 
     def wipe_slave(self) -> None:
@@ -220,7 +223,7 @@ class Soak:
 
     def report(self) -> None:
         executed = self.executed()
-        by_slave: dict[str, int] = {}
+        by_node: dict[str, int] = {}
         for name, subscribers in self.subscribers.items():
             seen: set[tuple[Any, ...]] = set()
             for report in (r for subscriber in subscribers for r in subscriber.reports):
@@ -228,21 +231,38 @@ class Soak:
                 if ident in seen:
                     continue
                 seen.add(ident)
-                by_slave[name] = by_slave.get(name, 0) + sum(
+                by_node[name] = by_node.get(name, 0) + sum(
                     t["count"] for t in report["templates"] if t.get("db") == "sbtest"
                 )
         merged: dict[str, int] = {}
+        per_master: dict[str, Any] = {}
         for name in ("m1", "m2"):
             with contextlib.suppress(Exception):
                 totals = self.nodes[name].get("/report/totals")
                 merged[name] = sum(t["count"] for t in totals["templates"] if t.get("db") == "sbtest")
+                per_master[name] = {
+                    "slaves": totals.get("slaves"),
+                    "duplicates_dropped": totals.get("duplicates_dropped"),
+                }
+        seqs = {
+            name: sorted({(r.get("incarnation"), r["seq"]) for c in subscribers for r in c.reports}, key=str)
+            for name, subscribers in self.subscribers.items()
+            if name.startswith("s")
+        }
         for name, node in self.nodes.items():
             with contextlib.suppress(Exception):
                 self.final_status[name] = node.get("/status")
         print("\n== statements (schema sbtest)")
         print(f"executed (performance_schema): {sum(executed.values()):>12,}  {executed}")
-        print(f"counted by the slaves:         {sum(by_slave.values()):>12,}  {by_slave}")
-        print(f"merged by the masters:         {sum(merged.values()):>12,}  {merged}")
+        slaves = {n: c for n, c in by_node.items() if n.startswith("s")}
+        masters = {n: c for n, c in by_node.items() if n.startswith("m")}
+        print(f"counted by the slaves:         {sum(slaves.values()):>12,}  {slaves}")
+        print(f"published by the masters:      {sum(masters.values()):>12,}  {masters}")
+        print(f"merged since last election:    {sum(merged.values()):>12,}  {merged} (/report/totals)")
+        for name, detail in per_master.items():
+            print(f"  {name}: {detail}")
+        for name, pairs in seqs.items():
+            print(f"  {name}: {len(pairs)} reports read from it, (incarnation, seq) {pairs[:2]} .. {pairs[-2:]}")
         print("\n== RSS (MiB, node + capture workers)")
         names = list(self.nodes)
         print("   t/s " + "".join(f"{n:>9}" for n in names))
