@@ -24,7 +24,36 @@ RELATIVE_ACCURACY = 0.01
 _MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
 #: Latencies below this (in µs) map to a bucket by table lookup instead of a logarithm.
 _TABLE_LIMIT = 1 << 16
-_KEY_TABLE: list[int] = [0] + [_MAPPING.key(v) for v in range(1, _TABLE_LIMIT)]
+
+
+#: From a bucket's representative value to (about) its upper bound.
+_SPAN = (1 + _MAPPING.gamma) / 2
+
+
+def _build_key_table(limit: int) -> list[int]:
+    """``[0, key(1), key(2), ..., key(limit - 1)]``, built one bucket at a time.
+
+    Keys never decrease with the value, so each bucket is a run of consecutive values; the
+    run's end is estimated from the bucket's upper bound and corrected by asking the mapping
+    itself, so every entry is exactly ``_MAPPING.key(v)``. About 600 buckets instead of
+    65,536 calls: 2 ms at import instead of 67 ms (``python3 -X importtime``).
+    """
+    key = _MAPPING.key
+    table = [0]
+    value = 1
+    while value < limit:
+        k = key(value)
+        end = min(limit, max(value + 1, int(_MAPPING.value(k) * _SPAN) + 1))
+        while end > value + 1 and key(end - 1) != k:
+            end -= 1
+        while end < limit and key(end) == k:
+            end += 1
+        table.extend([k] * (end - value))
+        value = end
+    return table
+
+
+_KEY_TABLE: list[int] = _build_key_table(_TABLE_LIMIT)
 
 
 #: Buckets a latency in whole µs can fall in (1 µs to 2^63 µs): a sketch from elsewhere

@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cluster.static import AddressError, split_address
 from mysqlprobe import __version__
@@ -177,9 +178,24 @@ def _check_config(path: str) -> int:
     return EXIT_OK
 
 
-def _replay(args: argparse.Namespace) -> int:
+def _progress_bar() -> Any:
+    """A tqdm bar on stderr when it is a terminal (shown after one second), else ``None``:
+    tqdm is imported only then (25 ms of start-up otherwise)."""
+    if not sys.stderr.isatty():
+        return None
     from tqdm import tqdm
 
+    return tqdm(
+        total=100,
+        unit="%",
+        delay=1.0,
+        file=sys.stderr,
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
+        desc="replay",
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
     from mysqlprobe.render import profile
     from mysqlprobe.replay import ReplayOptions, document, replay
     from probe.capture import CaptureError
@@ -197,27 +213,22 @@ def _replay(args: argparse.Namespace) -> int:
         slow_threshold_us=int(args.slow_ms * 1000),
         redact=args.redact,
     )
-    bar = tqdm(
-        total=100,
-        unit="%",
-        delay=1.0,
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-        bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
-        desc="replay",
-    )
+    bar = _progress_bar()
 
     def progress(fraction: float) -> None:
-        bar.update(max(0.0, min(100.0, fraction * 100) - bar.n))
+        if bar is not None:
+            bar.update(max(0.0, min(100.0, fraction * 100) - bar.n))
 
     try:
         result = replay(ReplayOptions(args.file, config, args.workers), progress)
     except CaptureError as exc:
-        bar.close()
+        if bar is not None:
+            bar.close()
         print(f"mysqlprobe: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    bar.update(100 - bar.n)
-    bar.close()
+    if bar is not None:
+        bar.update(100 - bar.n)
+        bar.close()
     doc = document(result)
     if args.format == "json":
         text = json.dumps(doc, separators=(",", ":")) + "\n"

@@ -14,9 +14,17 @@ from jsonschema import Draft202012Validator
 
 from message.codec import CodecError, decode, encode
 from message.report import SlowQuery, SlowSamples, TemplateStats, merge_templates
-from message.sketch import RELATIVE_ACCURACY, LatencySketch
+from message.sketch import RELATIVE_ACCURACY, LatencySketch, bucket_key
 
 SCHEMA_PATH = Path(__file__).parents[2] / "message" / "schema" / "report.schema.json"
+
+
+def test_bucket_table_equals_the_mapping_for_every_tabled_value() -> None:
+    from ddsketch.mapping import LogarithmicMapping
+
+    mapping = LogarithmicMapping(RELATIVE_ACCURACY)
+    for value in range(1, (1 << 16) + 64):
+        assert bucket_key(value) == mapping.key(value), value
 
 
 def test_sketch_relative_error_is_within_one_percent() -> None:
