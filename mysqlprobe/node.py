@@ -304,6 +304,7 @@ class BaseNode:
             if self.pusher is not None:
                 await self.pusher.close()
             await asyncio.to_thread(self.clustering.stop)
+            await self.hub.close_all()
             await runner.cleanup()
 
     async def _cluster_loop(self) -> None:

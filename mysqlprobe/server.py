@@ -209,6 +209,17 @@ class CollectorHub:
             except asyncio.QueueFull:
                 self._drop(sub, "fell behind")
 
+    async def close_all(self, timeout_s: float = 2.0) -> None:
+        """Close every subscriber (1001, going away): a stopping node does not wait for
+        them to hang up (aiohttp would wait up to a minute for their handlers)."""
+        subs, self.subscribers = list(self.subscribers), set()
+
+        async def bye(sub: _Subscriber) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.ws.close(code=1001, message=b"node stopping"), timeout_s)
+
+        await asyncio.gather(*(bye(sub) for sub in subs))
+
     def _drop(self, sub: _Subscriber, why: str) -> None:
         if sub in self.subscribers:
             self.subscribers.discard(sub)

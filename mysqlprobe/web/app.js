@@ -143,13 +143,17 @@
 
     // -- live feed ------------------------------------------------------------------------
 
-    startLive() {
+    fetchLast() {
       fetch("api/dashboard/last")
         .then((r) => (r.ok ? r.json() : null))
         .then((report) => {
           if (report && report.templates) this.add(report);
         })
         .catch(() => {});
+    }
+
+    startLive() {
+      this.fetchLast();
       this.connect(0);
       this.poll();
       setInterval(() => this.poll(), 5000);
@@ -164,6 +168,7 @@
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       ws.onopen = () => {
+        if (attempt > 0) this.fetchLast(); // the newest report, in case one passed while away
         this.connected = true;
         attempt = 0;
         this.requested.clear();

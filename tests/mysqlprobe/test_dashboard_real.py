@@ -77,6 +77,15 @@ def settle(collector: Collector) -> None:
     collector.wait_for(lambda c: len(c.reports) >= seen + 2)
 
 
+def explain(browser: Browser) -> str:
+    """What the page shows and knows, for a failed wait."""
+    state = browser.eval(
+        "({detail: (document.querySelector('#detail') || {}).innerText, connected: MP.app.connected,"
+        " merged: MP.app.model.reportsMerged, slow: MP.app.model.slow.map(s => s.sql).slice(0, 20)})"
+    )
+    return f"page state: {state}; browser problems: {browser.problems()}"
+
+
 ROW = "document.querySelector('#templates tr.tpl')"
 COUNT_OF = (
     "(k => {{ const r = document.querySelector(`#templates tr.tpl[data-key='${{k}}']`);"
@@ -193,6 +202,26 @@ def test_live_dashboard_follows_a_slave(server: MariaDB, tmp_path: Path) -> None
         assert "1146" in browser.eval("document.querySelector('#errors').textContent")
         assert "ER_NO_SUCH_TABLE" in browser.eval("document.querySelector('#errors').textContent")
         assert browser.problems() == {"problems": [], "blocked": []}
+        browser.call("click", selector="#close")
+        browser.call("fill", selector="#f-text", value="")
+
+        # The node restarts: the page says so, reconnects by itself and goes on counting.
+        collector.close()
+        started = time.monotonic()
+        assert node.stop() == 0
+        assert time.monotonic() - started < 10  # an open dashboard does not hold the node up
+        browser.wait("document.querySelector('#conn').textContent.startsWith('disconnected')", 30)
+        node.start()
+        collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+        browser.wait("document.querySelector('#conn').textContent.startsWith('live')", 30)
+        run_workload(server, sleeps=5, lookups=0)
+        settle(collector)
+        assert totals(collector.reports)[top]["count"] == 5
+        try:
+            browser.wait(f"{COUNT_OF.format(key=key)} === 35", 30)
+        except BrowserError:
+            raise AssertionError(explain(browser)) from None
+        assert browser.eval("window.__noReload") == 42
     finally:
         browser.close()
         collector.close()
@@ -319,7 +348,7 @@ def test_history_range_picker_switches_between_live_and_a_past_range(server: Mar
         try:
             browser.wait("document.querySelector('#history-series') !== null", 60)
         except BrowserError:
-            raise AssertionError(browser.eval("document.querySelector('#detail').innerText")) from None
+            raise AssertionError(explain(browser)) from None
         stats = browser.eval(
             "Object.fromEntries(Array.from(document.querySelectorAll('#detail-stats tr'))"
             ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))"
@@ -352,12 +381,16 @@ def test_history_range_picker_switches_between_live_and_a_past_range(server: Mar
         cur.execute("SELECT SLEEP(%s), %s AS tag", (0.03, "visible-param"))
         cur.fetchall()
         conn.close()
-        browser.wait(
-            "Array.from(document.querySelectorAll('#templates tr.tpl .sql')).some(e => e.textContent.includes('tag'))"
-        )
+        collector.wait_for(lambda c: any("AS tag" in x["sql"] for r in c.reports for x in r["slow"]), 30)
+        sample = next(x for r in collector.reports for x in r["slow"] if "AS tag" in x["sql"])
+        assert sample["params"] == [0.03, "visible-param"]
+        browser.wait(f"MP.app.model.slow.some(s => s.trace_id === '{sample['trace_id']}')", 30)
         browser.call("fill", selector="#f-text", value="AS tag")
         browser.call("click", selector="#templates tr.tpl")
-        browser.wait("document.querySelector('#samples') !== null", 30)
+        try:
+            browser.wait("document.querySelector('#samples') !== null", 30)
+        except BrowserError:
+            raise AssertionError(explain(browser)) from None
         params = browser.eval("document.querySelector('#samples tr:nth-child(2) td.params').textContent")
         assert json.loads(params) == [0.03, "visible-param"]
         assert browser.problems()["problems"] == [
