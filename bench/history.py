@@ -13,7 +13,7 @@
    rows alone, then with day rows.
 
 Run from the repository root: ``python3 bench/history.py [--templates-24h 1000]
-[--skip-postgres]``; PostgreSQL is the server at 127.0.0.1:5432 (a throw-away database).
+[--skip-postgres] [--phases writes,queries]``; PostgreSQL is the server at 127.0.0.1:5432 (a throw-away database).
 """
 
 from __future__ import annotations
@@ -247,12 +247,13 @@ def main() -> None:
     parser.add_argument("--write-templates", type=int, default=5000)
     parser.add_argument("--write-intervals", type=int, default=30)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--phases", default="writes,queries", help="comma-separated: writes, queries")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="history-bench-") as tmp:
         backends = [("sqlite", "")] + ([] if args.skip_postgres else [("postgresql", "pg")])
         for name, kind in backends:
-            for phase in ("writes", "queries"):
+            for phase in args.phases.split(","):
                 path = Path(tmp) / f"{name}-{phase}.sqlite3"
                 if kind:
                     with throwaway_database() as dsn:

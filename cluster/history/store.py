@@ -21,7 +21,7 @@ Sans-I/O in time: every method that depends on the clock takes ``now`` (ns).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,13 +189,11 @@ def _row_bytes(extra: str, sketch: bytes) -> int:
     return ROW_OVERHEAD + len(extra) + len(sketch)
 
 
-def _pieces_where(pieces: Sequence[Piece], alias: str = "r") -> tuple[str, list[Any]]:
-    clauses = []
-    params: list[Any] = []
+def _each_piece(pieces: Sequence[Piece]) -> Iterator[tuple[str, list[Any]]]:
+    """A WHERE condition per piece: one statement per piece keeps each an index range scan
+    (PostgreSQL scans the whole table for an OR of ranges)."""
     for piece in pieces:
-        clauses.append(f"({alias}.level = ? AND {alias}.start_ns >= ? AND {alias}.start_ns < ?)")
-        params += [piece.level, piece.start, piece.end]
-    return "(" + " OR ".join(clauses) + ")", params
+        yield "r.level = ? AND r.start_ns >= ? AND r.start_ns < ?", [piece.level, piece.start, piece.end]
 
 
 class HistoryStore:
@@ -512,16 +510,20 @@ class HistoryStore:
         answer.update({"order": order, "limit": limit, "templates": [], "templates_total": 0})
         if not plan.pieces:
             return answer
-        where, params = _pieces_where(plan.pieces)
         filters, filter_params = self._filters(server, db, user)
         sums: dict[tuple[str, str, str], list[int]] = {}
-        members: dict[tuple[str, str, str], list[int]] = {}
-        for row in self.db.query(
-            "SELECT r.series, SUM(r.calls), SUM(r.errors), SUM(r.lat_sum), MAX(COALESCE(r.p99_key, ?))"
-            " FROM history_rows r JOIN history_series s ON s.id = r.series"
-            f" WHERE {where}{filters} GROUP BY r.series",
-            [UNBOUNDED_KEY, *params, *filter_params],
-        ):
+        members: dict[tuple[str, str, str], set[int]] = {}
+        rows = [
+            row
+            for where, params in _each_piece(plan.pieces)
+            for row in self.db.query(
+                "SELECT r.series, SUM(r.calls), SUM(r.errors), SUM(r.lat_sum), MAX(COALESCE(r.p99_key, ?))"
+                " FROM history_rows r JOIN history_series s ON s.id = r.series"
+                f" WHERE {where}{filters} GROUP BY r.series",
+                [UNBOUNDED_KEY, *params, *filter_params],
+            )
+        ]
+        for row in rows:
             ident = int(row[0])
             server_, db_, _, key = self._series_key(ident)
             group = (server_, db_, key)
@@ -529,7 +531,7 @@ class HistoryStore:
             for i in range(3):
                 have[i] += int(row[1 + i])
             have[3] = max(have[3], int(row[4]))
-            members.setdefault(group, []).append(ident)
+            members.setdefault(group, set()).add(ident)
         answer["templates_total"] = len(sums)
         if order == "p99":
             entries = self._top_by_p99(plan.pieces, sums, members, limit)
@@ -550,7 +552,7 @@ class HistoryStore:
         return answer
 
     def _groups(
-        self, pieces: Sequence[Piece], groups: Sequence[tuple[str, str, str]], members: Mapping[Any, list[int]]
+        self, pieces: Sequence[Piece], groups: Sequence[tuple[str, str, str]], members: Mapping[Any, Collection[int]]
     ) -> list[TemplateStats]:
         """The merged statistics of each (server, db, key) group, over all its series."""
         merged = self._merge_series(pieces, [i for g in groups for i in members[g]])
@@ -567,7 +569,7 @@ class HistoryStore:
         self,
         pieces: Sequence[Piece],
         sums: Mapping[tuple[str, str, str], list[int]],
-        members: Mapping[Any, list[int]],
+        members: Mapping[Any, Collection[int]],
         limit: int,
     ) -> list[TemplateStats]:
         """The ``limit`` templates of highest p99 (as reported: clamped into [min, max]),
@@ -597,14 +599,18 @@ class HistoryStore:
         merged: dict[int, _Tally] = {}
         if not idents:
             return {}
-        where, params = _pieces_where(pieces)
         for offset in range(0, len(idents), 500):
             batch = idents[offset : offset + 500]
-            for row in self.db.query(
-                "SELECT r.series, r.calls, r.errors, r.lat_sum, r.lat_min, r.lat_max, r.rows_sent, r.rows_affected,"
-                " r.bytes_in, r.bytes_out, r.no_index_used, r.first_seen_ns, r.last_seen_ns, r.extra, r.sketch"
-                f" FROM history_rows r WHERE {where} AND r.series IN ({', '.join('?' * len(batch))})",
-                params + list(batch),
+            for row in (
+                row
+                for where, params in _each_piece(pieces)
+                for row in self.db.query(
+                    "SELECT r.series, r.calls, r.errors, r.lat_sum, r.lat_min, r.lat_max, r.rows_sent,"
+                    " r.rows_affected, r.bytes_in, r.bytes_out, r.no_index_used, r.first_seen_ns, r.last_seen_ns,"
+                    f" r.extra, r.sketch FROM history_rows r WHERE {where}"
+                    f" AND r.series IN ({', '.join('?' * len(batch))})",
+                    params + list(batch),
+                )
             ):
                 ident = int(row[0])
                 tally = merged.get(ident)
@@ -670,14 +676,17 @@ class HistoryStore:
         answer.update({"key": key, "step": step / 1e9})
         buckets = [_Tally(("", "", "", key)) for _ in range(-((start - end) // step))]
         if plan.pieces:
-            where, params = _pieces_where(plan.pieces)
             filters, filter_params = self._filters(server, db, user)
-            for row in self.db.query(
-                "SELECT r.start_ns, r.series, r.calls, r.errors, r.lat_sum, r.lat_min, r.lat_max, r.rows_sent,"
-                " r.rows_affected, r.bytes_in, r.bytes_out, r.no_index_used, r.first_seen_ns, r.last_seen_ns,"
-                " r.extra, r.sketch FROM history_rows r JOIN history_series s ON s.id = r.series"
-                f" WHERE {where} AND s.key = ?{filters}",
-                [*params, key, *filter_params],
+            for row in (
+                row
+                for where, params in _each_piece(plan.pieces)
+                for row in self.db.query(
+                    "SELECT r.start_ns, r.series, r.calls, r.errors, r.lat_sum, r.lat_min, r.lat_max, r.rows_sent,"
+                    " r.rows_affected, r.bytes_in, r.bytes_out, r.no_index_used, r.first_seen_ns, r.last_seen_ns,"
+                    " r.extra, r.sketch FROM history_rows r JOIN history_series s ON s.id = r.series"
+                    f" WHERE {where} AND s.key = ?{filters}",
+                    [*params, key, *filter_params],
+                )
             ):
                 buckets[(int(row[0]) - start) // step].add(row[2:])
         points = []
