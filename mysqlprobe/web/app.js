@@ -119,7 +119,7 @@
     setFilter(name, value) {
       this.filter[name] = value;
       this.page = 0;
-      if (name === "user" && this.mode === "history") this.hist.userChanged(); // users are a history dimension
+      if (name === "user" && this.mode === "history") this.hist.userChanged(); // a history API parameter
       this.render();
     }
 
