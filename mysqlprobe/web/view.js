@@ -120,8 +120,11 @@
       svg.appendChild(s("text", { x: w / 2, y: hgt / 2, "text-anchor": "middle" }, "no latencies in the window"));
       return svg;
     }
-    const lo = keys[0];
-    const hi = keys[keys.length - 1];
+    // At least 24 buckets on the axis (±12% around a narrow distribution), so one bucket is
+    // a bar among empty ones, not the whole chart.
+    const widen = Math.max(0, 24 - (keys[keys.length - 1] - keys[0] + 1));
+    const lo = keys[0] - Math.floor(widen / 2);
+    const hi = keys[keys.length - 1] + Math.ceil(widen / 2);
     const maxBars = 60;
     const width = Math.max(1, Math.ceil((hi - lo + 1) / maxBars));
     const bars = new Map();
@@ -152,12 +155,17 @@
       const anchor = i === 0 ? "start" : i === ticks ? "end" : "middle";
       svg.appendChild(s("text", { x: x, y: hgt - 8, "text-anchor": anchor, class: "tick" }, us(MP.bucketValue(k))));
     }
+    let lastX = -Infinity;
+    let row = 0;
     for (const m of marks || []) {
       if (m.value === null || m.value <= 0) continue;
       const x = Math.min(w - pad.r, Math.max(pad.l, xOfKey(MP.bucketPosition(m.value) + 0.5)));
       svg.appendChild(s("line", { x1: x, y1: pad.t - 4, x2: x, y2: pad.t + plotH, class: "mark " + m.class }));
       const right = x > w - pad.r - 30; // near the edge: label on the left of the line
-      svg.appendChild(s("text", { x: right ? x - 3 : x + 3, y: pad.t + 4, "text-anchor": right ? "end" : "start", class: "mark-label " + m.class }, m.label));
+      row = Math.abs(x - lastX) < 30 ? row + 1 : 0; // close marks: labels one under the other
+      lastX = x;
+      const y = pad.t + 4 + row * 12;
+      svg.appendChild(s("text", { x: right ? x - 3 : x + 3, y: y, "text-anchor": right ? "end" : "start", class: "mark-label " + m.class }, m.label));
     }
     return svg;
   }
