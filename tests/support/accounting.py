@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from probe.mysql import ConversationLimits
 from probe.normalize import Normalizer, split_statements, template_key
 from tests.support.mariadb import MariaDB
 
@@ -28,6 +29,8 @@ UNKNOWN_STMT = "EXECUTE <unknown prepared statement>"
 FAILED_PREPARE = "PREPARE <failed>"
 #: Our template of a command that carries no SQL.
 ADMIN = "administrator command: {}"
+#: SQL the probe keeps per statement (its default ``max_query_bytes``).
+_SQL_KEPT = ConversationLimits().max_query_bytes
 #: Commands without a template of their own in the report (logins).
 LOGIN_COMMANDS = frozenset({"Connect"})
 
@@ -58,13 +61,25 @@ class Tally:
         }
 
 
-def placeholder_pattern(prepared_sql: str) -> re.Pattern[str]:
-    """A regex matching the general log's text of an execute of ``prepared_sql``.
+def logged_execute_of(prepared_sql: str, logged: str) -> bool:
+    """Whether the general log's text of an execute comes from ``prepared_sql``.
 
-    MariaDB logs an execute as the prepared text with each ``?`` replaced by its value.
+    MariaDB logs an execute as the prepared text with each ``?`` replaced by its value:
+    the pieces between the placeholders appear in order, the first at the start and the
+    last at the end.
     """
-    parts = [re.escape(part) for part in prepared_sql.split("?")]
-    return re.compile("(?:.*?)".join(parts), re.DOTALL)
+    pieces = prepared_sql.split("?")
+    if len(pieces) == 1:
+        return logged == prepared_sql
+    if not logged.startswith(pieces[0]) or not logged.endswith(pieces[-1]):
+        return False
+    at = len(pieces[0])
+    for piece in pieces[1:-1]:
+        found = logged.find(piece, at)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return at <= len(logged) - len(pieces[-1])
 
 
 class Accounting:
@@ -89,7 +104,21 @@ class Accounting:
             cur.execute(sql)
             return list(cur.fetchall())
 
+    def _status(self) -> Counter[str]:
+        rows = self._query(
+            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+            " WHERE VARIABLE_NAME IN ('CONNECTIONS', 'ACCESS_DENIED_ERRORS')"
+        )
+        return Counter({str(name).lower(): int(value) for name, value in rows})
+
+    def logins(self) -> dict[str, int]:
+        """Since ``reset()``: connection attempts and logins refused for a bad user or password."""
+        delta = self._status()
+        delta.subtract(self._status_before)
+        return {"connections": delta["connections"], "access_denied": delta["access_denied_errors"]}
+
     def reset(self) -> None:
+        self._status_before = self._status()
         if self._query("SELECT @@general_log")[0][0]:
             self._query("TRUNCATE mysql.general_log")
         for table in (
@@ -210,7 +239,9 @@ class Accounting:
                 elif command == "Prepare" and event.error:
                     key, text = template_key(FAILED_PREPARE), FAILED_PREPARE
                 elif event.event_id in statement_sql:
-                    inner = self.norm.normalize(statement_sql[event.event_id])
+                    # the probe forms a template from the text it keeps: the same prefix
+                    kept = statement_sql[event.event_id].encode()[:_SQL_KEPT].decode(errors="ignore")
+                    inner = self.norm.normalize(kept)
                     text = "PREPARE " + inner.text if command == "Prepare" else inner.text
                     key = template_key(text)
                 elif command in STATEMENT_COMMANDS:
@@ -267,7 +298,7 @@ class Accounting:
         for thread, conn in zip(threads, conns, strict=True):
             entries = log[conn]
             at = 0
-            open_sql: list[tuple[str, re.Pattern[str]]] = []
+            open_sql: list[str] = []
             for event in per_thread[thread]:
                 command = event.name.rsplit("/", 1)[1]
                 unlogged = command == "Prepare" or event.error == UNKNOWN_STMT_HANDLER
@@ -280,11 +311,11 @@ class Accounting:
                 if (logged == "Prepare") != (command == "Prepare"):
                     raise AssertionError(f"thread {thread} event {event.event_id}: {command} logged as {logged}")
                 if logged == "Prepare":
-                    open_sql.append((argument, placeholder_pattern(argument)))
+                    open_sql.append(argument)
                     paired[thread][event.event_id] = argument
                     continue
-                for prepared, pattern in reversed(open_sql):
-                    if pattern.fullmatch(argument):
+                for prepared in reversed(open_sql):
+                    if logged_execute_of(prepared, argument):
                         paired[thread][event.event_id] = prepared
                         break
                 else:

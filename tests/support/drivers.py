@@ -106,6 +106,7 @@ class DriverRun:
     capture: Path
     port: int
     server: dict[str, Tally]
+    server_logins: dict[str, int]  # Accounting.logins(): connections, access_denied
     report: dict[str, Any]
     output: str
     one_worker: str  # the replay documents as printed, for --workers 1 and 2
@@ -171,6 +172,7 @@ def run_driver(
                 continue  # a busy machine, not the probe: record the workload again
             assert recorder.dropped == 0, f"the kernel dropped {recorder.dropped} packets {RECORD_ATTEMPTS} times"
             reference = accounting.statements(bulk_affected(result.stdout))
+            logins = accounting.logins()
             break
         finally:
             accounting.close()
@@ -179,7 +181,7 @@ def run_driver(
         os.makedirs(keep, exist_ok=True)
         shutil.copy(capture, os.path.join(keep, capture.name))
     one, two = (replay_text(capture, server.port, "--workers", str(n)) for n in (1, 2))
-    return DriverRun(name, capture, server.port, reference, json.loads(two), result.stdout, one, two)
+    return DriverRun(name, capture, server.port, reference, logins, json.loads(two), result.stdout, one, two)
 
 
 def admin_key(command: str) -> str:
@@ -262,6 +264,10 @@ def assert_exact(run: DriverRun) -> None:
     lines = differences(run)
     assert not lines, "\n".join(lines)
     run.assert_workers_agree()
+    logins = run.report["logins"]
+    assert sum(entry["count"] for entry in logins) == run.server_logins["connections"], logins
+    denied = sum(entry["errors"].get("1045", 0) for entry in logins)
+    assert denied == run.server_logins["access_denied"], logins
     totals = run.report["totals"]
     for name in ("gaps", "resyncs", "unparsed_packets", "responses_lost", "encrypted_conns", "unread_exchanges"):
         assert totals[name] == 0, totals

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The mariadb command-line client: the driver workload. workload.sql (text queries, SQL
-# PREPARE/EXECUTE, a multi-statement, CALL, errors) then one request larger than a 16 MiB
-# protocol packet, in one session.
+# The mariadb command-line client: the driver workload. Plain mode first makes two logins
+# the server refuses; then workload.sql (text queries, SQL PREPARE/EXECUTE, a
+# multi-statement, CALL, errors) and one request larger than a 16 MiB protocol packet, in
+# one session.
 # Usage: mariadb_cli.sh plain|compress|tls HOST PORT DATABASE BIG_BYTES
 set -euo pipefail
 mode=$1 host=$2 port=$3 database=$4 big=$5
@@ -11,6 +12,15 @@ case "$mode" in
     tls) options=(--ssl "--ssl-ca=${MYSQLPROBE_TLS_CA:?the server certificate}") ;;  # a CA makes TLS required
     *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
+if [ "$mode" = plain ]; then  # logins the server refuses (1045): a wrong password, an unknown user
+    for user in "root --password=wrong" "nobody"; do
+        # shellcheck disable=SC2086
+        if mariadb --no-defaults "${options[@]}" -h "$host" -P "$port" -u $user -e "SELECT 1" >/dev/null 2>&1; then
+            echo "login as $user was not refused" >&2
+            exit 1
+        fi
+    done
+fi
 out=$({
     cat "$(dirname "$0")/workload.sql"
     printf "SELECT LENGTH('"
