@@ -32,6 +32,8 @@ def test_cli_equals_the_server(server: MariaDB, tmp_path: Path, mode: str) -> No
     run = drivers.run_driver(server, f"cli-{mode}", ["bash", CLI, mode], tmp_path)
     drivers.assert_exact(run)  # plain: with two logins refused (1045), compared with Access_denied_errors
     assert run.server_logins["access_denied"] == (2 if mode == "plain" else 0)
+    loads = [t for t in run.server.values() if t.template.startswith("LOAD DATA LOCAL INFILE")]
+    assert [t.rows_affected for t in loads] == [40]
 
 
 def test_cli_over_tls_is_counted_encrypted_not_parsed(server: MariaDB, tmp_path: Path) -> None:
