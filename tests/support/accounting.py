@@ -29,6 +29,8 @@ UNKNOWN_STMT = "EXECUTE <unknown prepared statement>"
 FAILED_PREPARE = "PREPARE <failed>"
 #: Our template of a command that carries no SQL.
 ADMIN = "administrator command: {}"
+#: mysql.general_log.argument is a MEDIUMTEXT: longer texts are cut there.
+GENERAL_LOG_ARGUMENT_BYTES = (1 << 24) - 1
 #: SQL the probe keeps per statement (its default ``max_query_bytes``).
 _SQL_KEPT = ConversationLimits().max_query_bytes
 #: Commands without a template of their own in the report (logins).
@@ -66,12 +68,17 @@ def logged_execute_of(prepared_sql: str, logged: str) -> bool:
 
     MariaDB logs an execute as the prepared text with each ``?`` replaced by its value:
     the pieces between the placeholders appear in order, the first at the start and the
-    last at the end.
+    last at the end (unless the log cut the text: then only what it kept is checked).
     """
+    cut = len(logged.encode()) >= GENERAL_LOG_ARGUMENT_BYTES
     pieces = prepared_sql.split("?")
     if len(pieces) == 1:
-        return logged == prepared_sql
-    if not logged.startswith(pieces[0]) or not logged.endswith(pieces[-1]):
+        return logged == prepared_sql or (cut and prepared_sql.startswith(logged))
+    if not logged.startswith(pieces[0]):
+        return False
+    if cut:
+        return True
+    if not logged.endswith(pieces[-1]):
         return False
     at = len(pieces[0])
     for piece in pieces[1:-1]:

@@ -156,6 +156,16 @@ public final class Workload {
                     throw new IllegalStateException("big request lost");
                 }
             }
+            // and a COM_STMT_EXECUTE larger than a protocol packet: the value inline
+            try (PreparedStatement ps = conn.prepareStatement("SELECT LENGTH(?)")) {
+                ps.setString(1, "y".repeat(big));
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    if (rs.getLong(1) != big) {
+                        throw new IllegalStateException("big execute lost");
+                    }
+                }
+            }
         }
         // a stock JDBC batch without bulk: executes pipelined before any response is read
         try (Connection conn = DriverManager.getConnection(base + "&useBulkStmts=false");

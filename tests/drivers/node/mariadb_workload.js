@@ -66,6 +66,9 @@ async function main() {
 
   const result = await conn.query(`SELECT LENGTH('${'x'.repeat(Number(big))}') AS n`);
   if (Number(result[0].n) !== Number(big)) throw new Error('big request lost');
+  // and long data larger than a protocol packet
+  const [executed] = await conn.execute('SELECT LENGTH(?) AS n', [Buffer.alloc(Number(big), 121)]);
+  if (Number(executed.n) !== Number(big)) throw new Error('big long data lost');
   await conn.end();
 }
 

@@ -52,6 +52,9 @@ async function main() {
 
   const [result] = await conn.query(`SELECT LENGTH('${'x'.repeat(Number(big))}') AS n`);
   if (Number(result[0].n) !== Number(big)) throw new Error('big request lost');
+  // and a COM_STMT_EXECUTE larger than a protocol packet: the value inline
+  const [executed] = await conn.execute('SELECT LENGTH(?) AS n', ['y'.repeat(Number(big))]);
+  if (Number(executed[0].n) !== Number(big)) throw new Error('big execute lost');
   await conn.end();
 }
 
