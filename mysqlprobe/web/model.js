@@ -190,6 +190,46 @@
     into.reports += frame.reports;
   }
 
+  function subtractCounts(into, from) {
+    for (const k in from || {}) {
+      into[k] = (into[k] || 0) - from[k];
+      if (into[k] <= 0) delete into[k];
+    }
+  }
+
+  // Take a frame's numbers out of a merged aggregate again (counts, sums and sketch buckets
+  // subtract exactly; extremes are recomputed by the caller).
+  function subtractAgg(a, b) {
+    a.count -= b.count;
+    subtractCounts(a.commands, b.commands);
+    subtractCounts(a.errors, b.errors);
+    a.sum -= b.sum;
+    a.ttfb -= b.ttfb;
+    a.rowsSent -= b.rowsSent;
+    a.rowsAffected -= b.rowsAffected;
+    a.bytesIn -= b.bytesIn;
+    a.bytesOut -= b.bytesOut;
+    a.noIndex -= b.noIndex;
+    a.noGoodIndex -= b.noGoodIndex;
+    a.warnings -= b.warnings;
+    a.incomplete -= b.incomplete;
+    a.sketch.zero -= b.sketch.zero;
+    a.sketch.count -= b.sketch.count;
+    for (const [k, n] of b.sketch.bins) {
+      const left = (a.sketch.bins.get(k) || 0) - n;
+      if (left > 0) a.sketch.bins.set(k, left);
+      else a.sketch.bins.delete(k);
+    }
+    for (const node in b.slaves) {
+      const s = a.slaves[node];
+      if (!s) continue;
+      s.count -= b.slaves[node].count;
+      s.sum -= b.slaves[node].sum;
+      s.errors -= b.slaves[node].errors;
+      if (s.count <= 0) delete a.slaves[node];
+    }
+  }
+
   function numeric(obj) {
     const out = {};
     for (const k in obj || {}) if (typeof obj[k] === "number") out[k] = obj[k];
@@ -297,7 +337,7 @@
         this.frames.splice(i + 1, 0, frame);
         if (this._window) mergeFrame(this._window, frame);
       }
-      if (this._evict()) this._window = null;
+      this._evict();
     }
 
     _evict() {
@@ -306,7 +346,8 @@
       const horizon = newest - this.windowS * 1e9;
       let n = 0;
       while (n < this.frames.length - 1 && this.frames[n].end <= horizon) n++;
-      if (n) this.frames.splice(0, n);
+      const gone = n ? this.frames.splice(0, n) : [];
+      if (n && this._window) this._forget(gone);
       if (n) {
         const first = this.frames[0].start;
         if (this.texts.size > MAX_TEXTS) {
@@ -320,7 +361,45 @@
       return n > 0;
     }
 
-    // Everything in the window, merged (cached until a frame leaves the window).
+    // Frames left the window: subtract them from the merged window instead of merging
+    // every frame again (the cost that grows with templates x frames), then recompute the
+    // extremes, which do not subtract, from the frames that stay.
+    _forget(gone) {
+      const w = this._window;
+      for (const f of gone) {
+        for (const [id, agg] of f.templates) {
+          const mine = w.templates.get(id);
+          if (!mine) continue;
+          subtractAgg(mine, agg);
+          if (mine.count <= 0 && mine.sketch.count <= 0) w.templates.delete(id);
+        }
+        subtractCounts(w.totals, f.totals);
+        subtractCounts(w.capture, f.capture);
+        w.reports -= f.reports;
+      }
+      const seen = new Set();
+      for (const f of this.frames) {
+        for (const [id, agg] of f.templates) {
+          const mine = w.templates.get(id);
+          if (!mine || agg.count === 0) continue;
+          if (!seen.has(id)) {
+            seen.add(id);
+            mine.min = agg.min;
+            mine.max = agg.max;
+            mine.first = agg.first;
+            mine.last = agg.last;
+          } else {
+            mine.min = Math.min(mine.min, agg.min);
+            mine.max = Math.max(mine.max, agg.max);
+            mine.first = Math.min(mine.first, agg.first);
+            mine.last = Math.max(mine.last, agg.last);
+          }
+        }
+      }
+      w.start = this.frames[0].start;
+    }
+
+    // Everything in the window, merged once, then kept up to date report by report.
     window() {
       if (!this._window) {
         const w = newFrame(Infinity, 0);

@@ -34,4 +34,28 @@ if (cases.reports) {
     series: Object.fromEntries(model.rows().map((r) => [r.key, model.series(r.id).map((p) => p[2])])),
   };
 }
+if (cases.eviction) {
+  // Reports one per frame through a short window (frames leave it), against a model fed only
+  // the reports that are still in the window: the same rows either way.
+  const rowsOf = (m) =>
+    m
+      .rows()
+      .map((r) => ({
+        id: r.id, count: r.count, errors: r.errors, sum: r.sum, p50: r.p50, p99: r.p99, min: r.agg.min,
+        max: r.agg.max, first: r.agg.first, last: r.agg.last, rows: r.agg.rowsSent, slaves: r.agg.slaves,
+        errorsByCode: r.agg.errors, buckets: Array.from(r.agg.sketch.bins.entries()).sort((a, b) => a[0] - b[0]),
+      }))
+      .sort((a, b) => (a.id < b.id ? -1 : 1));
+  const incremental = new MP.Model({ windowS: cases.eviction.window_s });
+  const kept = [];
+  for (const r of cases.eviction.reports) {
+    incremental.add(r);
+    incremental.rows(); // the window is built, then kept up to date
+  }
+  const fresh = new MP.Model({ windowS: cases.eviction.window_s });
+  const first = incremental.frames[0].start;
+  for (const r of cases.eviction.reports) if (r.interval.start_ns >= first) (fresh.add(r), kept.push(r.seq));
+  out.eviction = { incremental: rowsOf(incremental), fresh: rowsOf(fresh), kept, frames: incremental.frames.length,
+    health: [incremental.health(), fresh.health()] };
+}
 process.stdout.write(JSON.stringify(out));

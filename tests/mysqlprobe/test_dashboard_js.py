@@ -134,3 +134,55 @@ def test_model_merges_reports_once_and_sums_counts(tmp_path: Path) -> None:
     assert out["health"]["windowCoverage"] == pytest.approx(merged["coverage"], abs=1e-6)
     series = out["series"]["a" * 16]
     assert len(series) == 60 and series[:55] == [None] * 55 and series[55:] == [0.3] * 5
+
+
+def test_frames_leaving_the_window_are_subtracted_exactly(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    second = 10**9
+    reports = []
+    for seq in range(1, 16):
+        start = 1_700_000_000 * second + seq * 10 * second
+        entries = []
+        for t in rng.sample(range(6), rng.randrange(1, 6)):
+            sketch = LatencySketch()
+            values = [int(rng.lognormvariate(7 + t / 2, 1)) for _ in range(rng.randrange(1, 40))]
+            for v in values:
+                sketch.add(v)
+            errors = {"1213": rng.randrange(1, 3)} if rng.random() < 0.3 else {}
+            entries.append(
+                {
+                    "key": f"{t:016x}",
+                    "server": "127.0.0.1:3306",
+                    "db": "shop",
+                    "count": len(values),
+                    "commands": {"Query": len(values)},
+                    "errors": errors,
+                    "latency_us": {
+                        "sum": sum(values),
+                        "min": min(values),
+                        "max": max(values),
+                        "sketch": sketch.to_json(),
+                    },
+                    "rows_sent": len(values) * 2,
+                    "first_seen_ns": start + rng.randrange(10**9),
+                    "last_seen_ns": start + 9 * 10**9 + rng.randrange(10**9),
+                    "slaves": {f"s{seq % 3}": {"count": len(values), "latency_us_sum": sum(values), "errors": 0}},
+                }
+            )
+        reports.append(
+            {
+                "kind": "interval",
+                "node": "m",
+                "seq": seq,
+                "interval": {"start_ns": start, "end_ns": start + 10 * second},
+                "templates": entries,
+                "totals": {"commands": sum(e["count"] for e in entries), "responses_lost": seq % 2},
+                "capture": {"packets": 100 + seq},
+                "slow": [],
+            }
+        )
+    out = run_node({"snappy": [], "quantiles": [], "eviction": {"window_s": 60, "reports": reports}}, tmp_path)
+    result = out["eviction"]
+    assert result["kept"] == list(range(10, 16)) and result["frames"] == 6  # 9 frames left the window
+    assert result["incremental"] == result["fresh"]
+    assert result["health"][0] == result["health"][1]
