@@ -27,14 +27,19 @@ def server() -> Iterator[MariaDB]:
         server.destroy()
 
 
-def test_connector_j_server_prepared_and_batches_equal_the_server(server: MariaDB, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False], ids=["plain"])  # compressed: see issue 8 findings
+def test_connector_j_server_prepared_and_batches_equal_the_server(
+    server: MariaDB, tmp_path: Path, compress: bool
+) -> None:
     classes = tmp_path / "classes"
     source = drivers.DRIVERS / "java" / "Workload.java"
     compiled = subprocess.run(["javac", "-d", str(classes), str(source)], capture_output=True, text=True, timeout=120)
     assert compiled.returncode == 0, compiled.stderr
     assert os.path.exists(CONNECTOR_J), "libmariadb-java is not installed"
     argv = ["java", "-cp", f"{CONNECTOR_J}:{classes}", "Workload"]
-    run = drivers.run_driver(server, "java-connector-j", argv, tmp_path)
+    env = {"DRIVER_COMPRESS": "1" if compress else "0"}
+    name = f"java-connector-j{'-compressed' if compress else ''}"
+    run = drivers.run_driver(server, name, argv, tmp_path, env=env)
     drivers.assert_exact(run)
     # the pipelined batch: 300 executes written before any response is read
     assert sum(t.commands["Execute"] for t in run.server.values()) >= 300

@@ -26,9 +26,12 @@ def server() -> Iterator[MariaDB]:
         server.destroy()
 
 
-def test_mysql2_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
+def test_mysql2_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
     # mysql2 writes the header of a >= 16 MiB packet in a segment of its own
-    run = drivers.run_driver(server, "node-mysql2", ["node", str(NODE / "mysql2_workload.js")], tmp_path)
+    argv = ["node", str(NODE / "mysql2_workload.js")]
+    env = {"DRIVER_COMPRESS": "1" if compress else "0"}
+    run = drivers.run_driver(server, f"node-mysql2{'-compressed' if compress else ''}", argv, tmp_path, env=env)
     drivers.assert_exact(run)
 
 

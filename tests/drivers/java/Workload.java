@@ -1,5 +1,6 @@
 // MariaDB Connector/J with server-side prepared statements: the driver workload.
 // Usage: java -cp mariadb-java-client.jar:. Workload HOST PORT DATABASE BIG_BYTES
+// (DRIVER_COMPRESS=1: over the compressed protocol)
 // Text queries, server-side prepared statements with every setter type (streams sent as
 // long data), batches (bulk, and pipelined executes), multi-statements, a CALL returning
 // two result sets, errors, and one request larger than a 16 MiB protocol packet.
@@ -69,7 +70,8 @@ public final class Workload {
 
     public static void main(String[] args) throws Exception {
         String base = "jdbc:mariadb://" + args[0] + ":" + args[1] + "/" + args[2]
-            + "?user=root&useServerPrepStmts=true&allowMultiQueries=true";
+            + "?user=root&useServerPrepStmts=true&allowMultiQueries=true"
+            + ("1".equals(System.getenv("DRIVER_COMPRESS")) ? "&useCompression=true" : "");
         int big = Integer.parseInt(args[3]);
         try (Connection conn = DriverManager.getConnection(base + "&useBulkStmts=true");
              Statement st = conn.createStatement()) {

@@ -1,4 +1,5 @@
 // Node mysql2: the driver workload. Usage: node mysql2_workload.js HOST PORT DATABASE BIG_BYTES
+// (DRIVER_COMPRESS=1: over the compressed protocol)
 // Text queries, server-side prepared statements (execute) with every parameter type, a
 // multi-row batch insert, multi-statements, a CALL returning two result sets, errors, and
 // one request larger than a 16 MiB protocol packet.
@@ -18,6 +19,7 @@ async function main() {
   const [host, port, database, big] = process.argv.slice(2);
   const conn = await mysql.createConnection({
     host, port: Number(port), user: 'root', password: '', database, multipleStatements: true,
+    compress: process.env.DRIVER_COMPRESS === '1',
   });
   for (let i = 1; i <= 5; i++) {
     await conn.query(`SELECT name, price FROM items WHERE id = ${i}`);
