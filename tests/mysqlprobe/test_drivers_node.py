@@ -35,9 +35,12 @@ def test_mysql2_equals_the_server(server: MariaDB, tmp_path: Path, compress: boo
     drivers.assert_exact(run)
 
 
-def test_mariadb_connector_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
+def test_mariadb_connector_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
     # executes by statement id -1 behind their prepare, batch() as COM_STMT_BULK_EXECUTE
-    run = drivers.run_driver(server, "node-mariadb", ["node", str(NODE / "mariadb_workload.js")], tmp_path)
+    argv = ["node", str(NODE / "mariadb_workload.js")]
+    env = {"DRIVER_COMPRESS": "1" if compress else "0"}
+    run = drivers.run_driver(server, f"node-mariadb{'-compressed' if compress else ''}", argv, tmp_path, env=env)
     drivers.assert_exact(run)
     assert sum(t.commands["Bulk_execute"] for t in run.server.values()) == 2
     assert run.server[drivers.admin_key("Long Data")].commands["Long Data"] >= 2

@@ -26,10 +26,13 @@ def server() -> Iterator[MariaDB]:
         server.destroy()
 
 
-def test_connector_python_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
+def test_connector_python_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
     # prepared cursors send execute by statement id -1; executemany is COM_STMT_BULK_EXECUTE
     workload = str(drivers.DRIVERS / "python" / "mariadb_workload.py")
-    run = drivers.run_driver(server, "py-mariadb", [sys.executable, workload], tmp_path)
+    env = {"DRIVER_COMPRESS": "1" if compress else "0"}
+    name = f"py-mariadb{'-compressed' if compress else ''}"
+    run = drivers.run_driver(server, name, [sys.executable, workload], tmp_path, env=env)
     drivers.assert_exact(run)
     assert sum(t.commands["Bulk_execute"] for t in run.server.values()) == 2
 

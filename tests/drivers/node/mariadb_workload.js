@@ -1,5 +1,6 @@
 // Node mariadb (MariaDB Connector/Node.js): the driver workload.
 // Usage: node mariadb_workload.js HOST PORT DATABASE BIG_BYTES
+// (DRIVER_COMPRESS=1: over the compressed protocol)
 // Text queries, server-side prepared statements (execute, sent with statement id -1
 // behind their prepare) with every parameter type, long data, batch() (COM_STMT_BULK_EXECUTE),
 // multi-statements, a CALL returning two result sets, errors, and one request larger
@@ -22,6 +23,7 @@ async function main() {
   const conn = await mariadb.createConnection({
     host, port: Number(port), user: 'root', password: '', database, multipleStatements: true,
     bigIntAsNumber: false, maxAllowedPacket: 64 * 1024 * 1024,
+    compress: process.env.DRIVER_COMPRESS === '1',
   });
   for (let i = 1; i <= 5; i++) {
     await conn.query(`SELECT name, price FROM items WHERE id = ${i}`);

@@ -1,6 +1,6 @@
 """MariaDB Connector/Python (``mariadb`` from PyPI): the driver workload.
 
-Usage: mariadb_workload.py HOST PORT DATABASE BIG_BYTES. Text queries, server-side
+Usage: mariadb_workload.py HOST PORT DATABASE BIG_BYTES (DRIVER_COMPRESS=1: compressed). Text queries, server-side
 prepared statements with every parameter type, executemany (COM_STMT_BULK_EXECUTE),
 multi-statements, a CALL returning two result sets, errors, and one request larger than
 a 16 MiB protocol packet.
@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import decimal
 import json
+import os
 import sys
 
 import mariadb
@@ -28,6 +29,7 @@ def main() -> None:
         database=database,
         autocommit=True,
         client_flag=CLIENT.MULTI_STATEMENTS,
+        compress=os.environ.get("DRIVER_COMPRESS") == "1",
     )
     cur = conn.cursor()
     for i in range(1, 6):
