@@ -24,9 +24,12 @@ def server() -> Iterator[MariaDB]:
         server.destroy()
 
 
-def test_dbd_mariadb_server_prepare_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
+def test_dbd_mariadb_server_prepare_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
     workload = str(drivers.DRIVERS / "perl" / "dbd_mariadb_workload.pl")
-    run = drivers.run_driver(server, "perl-dbd-mariadb", ["perl", workload], tmp_path)
+    env = {"DRIVER_COMPRESS": "1" if compress else "0"}
+    name = f"perl-dbd-mariadb{'-compressed' if compress else ''}"
+    run = drivers.run_driver(server, name, ["perl", workload], tmp_path, env=env)
     drivers.assert_exact(run)
     assert sum(t.commands["Execute"] for t in run.server.values()) > 100
 

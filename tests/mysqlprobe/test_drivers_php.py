@@ -1,5 +1,6 @@
-"""PHP mysqli and PDO (emulated prepares off) against a throw-away MariaDB: the replayed
-capture must equal the server's own accounting per template and command."""
+"""PHP mysqli and PDO (emulated prepares off), plain and compressed, against a throw-away
+MariaDB: the replayed capture must equal the server's own accounting per template and
+command."""
 
 from __future__ import annotations
 
@@ -25,17 +26,26 @@ def server() -> Iterator[MariaDB]:
         server.destroy()
 
 
-def test_mysqli_equals_the_server(server: MariaDB, tmp_path: Path) -> None:
-    run = drivers.run_driver(
-        server, "php-mysqli", [*PHP, str(drivers.DRIVERS / "php" / "mysqli_workload.php")], tmp_path
-    )
+COMPRESSION = pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
+
+
+def run_php(server: MariaDB, tmp_path: Path, driver: str, compress: bool) -> drivers.DriverRun:
+    workload = str(drivers.DRIVERS / "php" / f"{driver}_workload.php")
+    env = {"DRIVER_COMPRESS": "1" if compress else "0"}
+    name = f"php-{driver}{'-compressed' if compress else ''}"
+    return drivers.run_driver(server, name, [*PHP, workload], tmp_path, env=env)
+
+
+@COMPRESSION
+def test_mysqli_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
+    run = run_php(server, tmp_path, "mysqli", compress)
     drivers.assert_exact(run)
     assert run.server[drivers.admin_key("Long Data")].commands["Long Data"] == 4
 
 
-def test_pdo_server_side_prepares_equal_the_server(server: MariaDB, tmp_path: Path) -> None:
-    workload = str(drivers.DRIVERS / "php" / "pdo_workload.php")
-    run = drivers.run_driver(server, "php-pdo", [*PHP, workload], tmp_path)
+@COMPRESSION
+def test_pdo_server_side_prepares_equal_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
+    run = run_php(server, tmp_path, "pdo", compress)
     drivers.assert_exact(run)
     assert sum(t.commands["Execute"] for t in run.server.values()) > 100
 

@@ -9,8 +9,9 @@ use warnings;
 use DBI qw(:sql_types);
 
 my ($host, $port, $database, $big) = @ARGV;
+my $compress = ($ENV{DRIVER_COMPRESS} // '') eq '1' ? ';mariadb_compression=1' : '';
 my $dbh = DBI->connect(
-    "DBI:MariaDB:database=$database;host=$host;port=$port", 'root', '',
+    "DBI:MariaDB:database=$database;host=$host;port=$port$compress", 'root', '',
     { RaiseError => 1, PrintError => 0, AutoCommit => 1,
       mariadb_server_prepare => 1, mariadb_multi_statements => 1 },
 ) or die $DBI::errstr;

@@ -5,7 +5,9 @@
 // sets, errors, and one request larger than a 16 MiB protocol packet.
 [, $host, $port, $database, $big] = $argv;
 mysqli_report(MYSQLI_REPORT_ERROR | MYSQLI_REPORT_STRICT);
-$db = new mysqli($host, 'root', '', $database, (int)$port);
+$db = mysqli_init();
+$flags = getenv('DRIVER_COMPRESS') === '1' ? MYSQLI_CLIENT_COMPRESS : 0;  // compressed protocol
+$db->real_connect($host, 'root', '', $database, (int)$port, null, $flags);
 
 function expect_error(callable $run): void {
     try {

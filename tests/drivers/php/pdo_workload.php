@@ -9,6 +9,7 @@ $db = new PDO("mysql:host=$host;port=$port;dbname=$database", 'root', '', [
     PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION,
     PDO::ATTR_EMULATE_PREPARES => false,
     PDO::MYSQL_ATTR_MULTI_STATEMENTS => true,
+    PDO::MYSQL_ATTR_COMPRESS => getenv('DRIVER_COMPRESS') === '1',  // compressed protocol
 ]);
 
 function expect_error(callable $run): void {
