@@ -46,7 +46,9 @@ _NUMBER_BODY = (
 _FAST_LITERAL = re.compile(
     rf"{_SQ_STRING}|{_DQ_STRING}|[nNxXbB](?<![\w$].){_SQ_STRING}|_(?<![\w$]_)[A-Za-z0-9]+{_SQ_STRING}"
     r"|\d(?<![\w$`@.]\d)(?:(?<=0)[xX][0-9a-fA-F]+|(?<=0)[bB][01]+|\d*\.?\d*(?:[eE][+-]?\d+)?)(?![\w$])"
-    r"|\.\d+(?:[eE][+-]?\d+)?(?![\w$])",
+    # Not the fraction of a number the branch above left alone (`t`1.5): the tokenizer
+    # reads that as one number, so the skeleton must keep it whole.
+    r"|\.(?<!\d\.)\d+(?:[eE][+-]?\d+)?(?![\w$])",
     re.DOTALL,
 )
 # Text whose backtick identifiers are all plain names: they cannot hide a quote or a

@@ -194,3 +194,8 @@ def test_any_text_gets_a_template(sql: str) -> None:
     template = Normalizer().normalize(sql)
     assert len(template.key) == 16
     assert isinstance(template.text, str)
+
+
+@pytest.mark.parametrize("sql", ["`k`1.5", "1@v", "SELECT@vx'0a'", "1@v.5", "x@1.2.3.4"])
+def test_fast_path_agrees_on_what_hypothesis_found(sql: str) -> None:
+    assert Normalizer().normalize(sql).text == build_template(sql)
