@@ -25,13 +25,14 @@ import asyncio
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 import sqlparse
 from aiohttp import web
 
-from mysqlprobe.server import CollectorHub, HTTPProblem
+from mysqlprobe.server import CollectorHub, HTTPProblem, token_offered
 
 #: The page's scripts, in load order.
 SCRIPTS = ("snappy.js", "model.js", "view.js", "history.js", "app.js")
@@ -90,10 +91,14 @@ def report_html(doc: dict[str, Any]) -> str:
 
 
 class Dashboard:
-    """The live page and its endpoints, over a node's /collector hub."""
+    """The live page and its endpoints, over a node's /collector hub. The report endpoints
+    follow /collector's rule: with a token set they need it, unless subscribers that only
+    read are let in without it (``websocket.opensubscribers``); the page passes its own
+    ``?token=`` on."""
 
-    def __init__(self, hub: CollectorHub, title: str) -> None:
+    def __init__(self, hub: CollectorHub, title: str, token: Callable[[], str] = lambda: "") -> None:
         self.hub = hub
+        self.token = token
         self.html = page(title)
         self.pretty: OrderedDict[str, str] = OrderedDict()
 
@@ -105,10 +110,16 @@ class Dashboard:
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self.html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
+    def _may_read(self, request: web.Request) -> None:
+        if not self.hub.open_read and not token_offered(request, self.token()):
+            raise HTTPProblem(401, f"{request.path} needs the configured token, as /collector does")
+
     async def last(self, request: web.Request) -> web.Response:
+        self._may_read(request)
         return web.json_response(self.hub.last_report)
 
     async def template(self, request: web.Request) -> web.Response:
+        self._may_read(request)
         key = request.query.get("key", "")
         if not _KEY.match(key):
             raise HTTPProblem(400, f"key: expected 16 hex digits, got {key!r}")

@@ -255,7 +255,7 @@ class BaseNode:
         app.router.add_get("/metrics", self.metrics_text)
         self.clustering.routes(app)
         self.api.routes(app)
-        Dashboard(self.hub, f"mysqlprobe {self.name}").routes(app)
+        Dashboard(self.hub, f"mysqlprobe {self.name}", lambda: self.config.token).routes(app)
         HistoryAPI(self.history).routes(app)
         return app
 

@@ -144,7 +144,7 @@
     // -- live feed ------------------------------------------------------------------------
 
     fetchLast() {
-      fetch("api/dashboard/last")
+      fetch(MP.api("api/dashboard/last"))
         .then((r) => (r.ok ? r.json() : null))
         .then((report) => {
           if (report && report.templates) this.add(report);
@@ -162,8 +162,7 @@
 
     connect(attempt) {
       // With a token set, the node lets /collector in only with it: pass on the page's ?token=.
-      const token = new URLSearchParams(location.search).get("token");
-      const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname.replace(/[^/]*$/, "") + "collector" + (token ? "?token=" + encodeURIComponent(token) : "");
+      const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname.replace(/[^/]*$/, "") + MP.api("collector");
       const ws = new WebSocket(url);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
@@ -208,14 +207,14 @@
     }
 
     poll() {
-      fetch("status")
+      fetch(MP.api("status"))
         .then((r) => r.json())
         .then((s) => {
           this.status = s;
           this.schedule();
         })
         .catch(() => {});
-      fetch("cluster/listnodes")
+      fetch(MP.api("cluster/listnodes"))
         .then((r) => r.json())
         .then((n) => {
           this.nodes = n;
@@ -519,7 +518,7 @@
       if (this.pretty.has(key)) return this.pretty.get(key);
       if (this.live && !this.requested.has("pretty:" + key)) {
         this.requested.add("pretty:" + key);
-        fetch("api/dashboard/template?key=" + encodeURIComponent(key))
+        fetch(MP.api("api/dashboard/template?key=" + encodeURIComponent(key)))
           .then((r) => (r.ok ? r.json() : null))
           .then((t) => {
             if (t && t.pretty) {

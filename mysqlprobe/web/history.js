@@ -71,7 +71,7 @@
       this.error = null;
       this.series.clear();
       this.app.render();
-      fetch("api/history/top?" + this.params({ order: "load", limit: "1000" }))
+      fetch(MP.api("api/history/top?" + this.params({ order: "load", limit: "1000" })))
         .then((r) => r.json().then((body) => [r.ok, body]))
         .then(([ok, body]) => {
           if (generation !== this.generation) return;
@@ -141,7 +141,7 @@
       if (series === undefined) {
         this.series.set(row.id, null);
         const p = { key: t.key, server: t.server, db: t.db };
-        fetch("api/history/series?" + this.params(p))
+        fetch(MP.api("api/history/series?" + this.params(p)))
           .then((r) => r.text().then((text) => [r, text]))
           .then(([r, text]) => {
             let body;

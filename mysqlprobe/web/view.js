@@ -200,5 +200,14 @@
     3024: "ER_QUERY_TIMEOUT (MySQL max_execution_time)",
   };
 
+  // A node endpoint relative to the page, carrying the page's ?token= (with a token set, the
+  // node answers the feed and the report endpoints only with it).
+  function api(path) {
+    const token = typeof location !== "undefined" ? new URLSearchParams(location.search).get("token") : null;
+    if (!token) return path;
+    return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+  }
+
+  MP.api = api;
   MP.view = { h, s, num, us, rate, bytes, time, pct, sparkline, trendLine, histogram, ERROR_NAMES };
 })(typeof window !== "undefined" ? window : globalThis);

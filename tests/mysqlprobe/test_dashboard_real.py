@@ -400,3 +400,24 @@ def test_history_range_picker_switches_between_live_and_a_past_range(server: Mar
         browser.close()
         collector.close()
         node.stop()
+
+
+def test_with_a_token_the_report_endpoints_need_it_and_the_page_passes_it_on(server: MariaDB, tmp_path: Path) -> None:
+    config = {"interval": 1, "token": "t0k", "probe": {"device": "lo", "port": server.port, "workers": 1}}
+    node = Node(tmp_path, config, "tok").start()
+    browser = Browser()
+    try:
+        for path in ("/api/dashboard/last", "/api/dashboard/template?key=0123456789abcdef"):
+            status, body = node.request(path)
+            assert status == 401 and "token" in body["error"]
+        assert node.request("/api/dashboard/last", headers={"X-Mysqlprobe-Token": "t0k"})[0] == 200
+        assert node.request("/api/dashboard/template?key=0123456789abcdef&token=t0k")[0] == 404
+        browser.goto(node.url + "/?token=t0k")
+        browser.wait("document.querySelector('#conn').textContent.startsWith('live')", 30)
+        run_workload(server, sleeps=2, lookups=5)
+        browser.wait("MP.app.model.reportsMerged >= 2 && document.querySelectorAll('#templates tr.tpl').length > 0", 30)
+        browser.wait("(document.querySelector('#cluster') || {}).textContent.includes('tok')", 30)
+        assert browser.problems() == {"problems": [], "blocked": []}
+    finally:
+        browser.close()
+        node.stop()
