@@ -436,6 +436,12 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        except ValueError:  # a tagged or date-like value PyYAML cannot build (0000-00-00): not echoed
+            raise ConfigError(
+                f"{path}: not valid YAML: a date, time or tagged value out of range (quote it to keep it text)"
+            ) from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     config: Config = _build(Config, data, "")
     for env, where in _ENV_SECRETS.items():
         value = os.environ.get(env)

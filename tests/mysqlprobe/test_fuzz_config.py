@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mysqlprobe.config import Config, ConfigError, documented_defaults, load_config
@@ -42,8 +42,27 @@ def _load(text: str) -> Config | ConfigError:
 
 @fuzz_settings(300)
 @given(st.text(max_size=300))
+@example(text="0000-00-00")  # found: PyYAML's ValueError for a date out of range escaped
 def test_any_text_is_a_config_or_a_config_error(text: str) -> None:
     assert isinstance(_load(text), Config | ConfigError)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0000-00-00",
+        "watcher: {password: 2024-13-45}",
+        "probe: {port: !!int 0x}",
+        "probe: {port: !!float x}",
+        "&a [*a]",
+        "cluster: &a {seeds: *a}",
+        "[" * 5000 + "]" * 5000,
+    ],
+)
+def test_yaml_pyyaml_cannot_build_is_a_config_error(text: str) -> None:
+    outcome = _load(text)
+    assert isinstance(outcome, ConfigError)
+    assert "2024-13-45" not in str(outcome)  # a value that looked like a date is not echoed
 
 
 @fuzz_settings(400)
