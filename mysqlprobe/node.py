@@ -54,6 +54,7 @@ from mysqlprobe.server import (
 )
 from mysqlprobe.sessions import SessionCheckpoint, WorkerSessions
 from mysqlprobe.tls import client_context, server_context
+from probe import native
 from probe.engine import EngineConfig
 from probe.flows import FlowLimits
 from pusher.client import Pusher
@@ -335,6 +336,7 @@ class BaseNode:
         return {
             "version": __version__,
             "git_hash": self.git_hash,
+            "engine": native.ENGINE,
             "node": self.name,
             "role": self.current_role,
             "epoch": self.clustering.epoch,

@@ -38,7 +38,8 @@ def profile(doc: dict[str, Any], *, top: int, width: int, details: int = 3) -> s
         f"{_count(totals.get('unread_exchanges', 0))} exchanges unread, "
         f"{_count(totals.get('non_mysql_conns', 0))} connections not MySQL, "
         f"{_count(totals['unparsed_packets'])} unparsed packets",
-        f"# analysed in {doc['analysis']['elapsed_s']:.2f} s with {doc['analysis']['workers']} worker(s)",
+        f"# analysed in {doc['analysis']['elapsed_s']:.2f} s with {doc['analysis']['workers']} worker(s), "
+        f"{doc['analysis'].get('engine', 'pure')} engine",
     ]
     logins = doc.get("logins") or []
     if logins:

@@ -34,6 +34,7 @@ from message.report import (
     fold_templates,
     report_totals,
 )
+from probe import native
 from probe.aggregate import DEFAULT_MAX_TEMPLATES
 from probe.capture import CaptureError, FileCapture
 from probe.decode import DecodeCounters, UnsupportedLinkType, make_decoder
@@ -257,6 +258,7 @@ def document(result: ReplayResult) -> dict[str, Any]:
         "analysis": {
             "elapsed_s": round(result.elapsed_s, 3),
             "workers": result.workers,
+            "engine": native.ENGINE,
             "peak_rss_mb": round(sum(result.peak_rss_kb) / 1024, 1),
             **result.worker_counters,
         },

@@ -6,7 +6,9 @@ the counters of what is not a TCP segment. IP fragments are counted and skipped:
 traffic is TCP and fragments of it only appear under broken path MTU settings.
 
 ``make_decoder(linktype, counters)`` returns a function ``frame -> Segment | None`` built
-for that link type, so the per-packet path has no link-type dispatch.
+for that link type, so the per-packet path has no link-type dispatch; ``decode_batch`` runs
+it over a capture batch. Both are the pure-Python oracle of the compiled decoder
+(``probe/_cdecode.c``, chosen by ``probe/native.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ TCP_RST = 0x04
 TCP_ACK = 0x10
 
 _TCP = struct.Struct("!HHII")
+#: A capture batch record: (sec, usec, offset, caplen), native byte order.
+BATCH_META = struct.Struct("IIII")
 _IPV4_ADDRS = struct.Struct("!II")
 #: Untagged Ethernet + IPv4 without options + TCP in one call: ethertype, version/IHL,
 #: total length, flags/fragment offset, protocol, source, destination, ports, sequence,
@@ -195,3 +199,17 @@ def make_decoder(linktype: int, counters: DecodeCounters) -> Callable[[bytes], S
         return raw
 
     raise UnsupportedLinkType(f"unsupported link type {linktype}")
+
+
+def decode_batch(
+    decode: Callable[[bytes], Segment | None],
+    buffer: bytes,
+    meta: bytes,
+    segment: Callable[[int, Segment], object],
+) -> None:
+    """Decode each frame of a capture batch (``BATCH_META`` records over ``buffer``) and
+    call ``segment(ts_ns, seg)`` for each TCP segment, in order."""
+    for sec, usec, offset, caplen in BATCH_META.iter_unpack(meta):
+        decoded = decode(buffer[offset : offset + caplen])
+        if decoded is not None:
+            segment(sec * 1_000_000_000 + usec * 1000, decoded)

@@ -41,6 +41,7 @@ from probe.mysql.events import (
     ServerError,
     ServerGreeted,
 )
+from probe.native import frame_decoder, plain
 from probe.normalize import DEFAULT_CACHE_SIZE, Normalizer
 
 _META = struct.Struct("IIII")
@@ -135,7 +136,8 @@ class Engine:
     def __init__(self, config: EngineConfig, linktype: int) -> None:
         self.config = config
         self.decode_counters = DecodeCounters()
-        self._decode = make_decoder(linktype, self.decode_counters)
+        self._frames = frame_decoder(linktype, self.decode_counters)
+        self._decode = plain(self._frames)
         self._linktype = linktype
         self._decoders = {linktype: self._decode}
         self._recent: OrderedDict[tuple[Any, ...], int] = OrderedDict()
@@ -176,12 +178,7 @@ class Engine:
         elif self.config.dedup_ns or (linktype is not None and linktype != self._linktype):
             self._general_batch(buffer, meta, self._decoder(linktype or self._linktype))
         else:
-            decode = self._decode
-            segment = self.flows.segment
-            for sec, usec, offset, caplen in _META.iter_unpack(meta):
-                decoded = decode(buffer[offset : offset + caplen])
-                if decoded is not None:
-                    segment(sec * 1_000_000_000 + usec * 1000, decoded)
+            self._frames.batch(buffer, meta, self.flows.segment)
         self._batch_done(buffer, meta)
 
     def _decoder(self, linktype: int) -> Callable[[bytes], Segment | None]:

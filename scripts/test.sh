@@ -13,6 +13,8 @@ missing=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 [ -e /usr/include/pcap.h ] || missing+=(libpcap-dev)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)  # builds probe/_cdecode.c
+[ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || missing+=(python3-dev)
 command -v serf >/dev/null 2>&1 || missing+=(serf)  # gossip membership (cluster/serf.py)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # promtool checks /metrics
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)  # examples/nats: JetStream ingest
@@ -49,6 +51,8 @@ fi
 psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" postgres | grep -q 1 ||
     psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" postgres
 
+# The compiled decoder must build here (a C compiler is installed) and be the one the suite loads.
+export MYSQLPROBE_REQUIRE_EXTENSIONS=1
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)  # playwright-core drives chromium
 (cd tests/drivers/node && npm ci --no-audit --no-fund --loglevel=error)  # mysql2, mariadb for the driver tests

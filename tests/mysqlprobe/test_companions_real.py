@@ -9,6 +9,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from probe import native
 from tests.support.mariadb import MariaDB
 from tests.support.nodes import Collector, Node
 from tests.support.replication import replicated_pair
@@ -171,7 +172,8 @@ def test_trace_store_endpoints(tmp_path: Path) -> None:
         time.sleep(5)
         stats = node.get("/events/status")
         assert stats["events"] == 0 and stats["evicted"]["ttl"] >= 1
-        assert node.get("/status")["git_hash"]
+        status = node.get("/status")
+        assert status["git_hash"] and status["engine"] == native.ENGINE  # which decoder this node runs
     finally:
         node.stop()
         server.destroy()

@@ -1,4 +1,5 @@
-"""Link-layer, IP and TCP decoding of frames built with scapy."""
+"""Link-layer, IP and TCP decoding of frames built with scapy, by both implementations
+(probe.decode and the compiled probe._cdecode)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether, Loopback
 from scapy.packet import Raw
 
+from probe import native
 from probe.decode import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
@@ -19,14 +21,26 @@ from probe.decode import (
     UnsupportedLinkType,
     make_decoder,
 )
+from tests.support.native import IMPLEMENTATIONS, frame_decoder
 
 PAYLOAD = b"\x05\x00\x00\x00\x03SELECT"
 TCP_PART = TCP(sport=51000, dport=3306, seq=77, ack=99, flags="PA") / Raw(PAYLOAD)
 
 
+_impl = ["pure"]
+
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS)
+def implementation(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against each implementation."""
+    _impl[0] = request.param
+    frame_decoder(request.param, LINKTYPE_ETHERNET, DecodeCounters())  # skips/fails if not built
+    return str(request.param)
+
+
 def decode(linktype: int, frame: bytes) -> tuple[object, DecodeCounters]:
     counters = DecodeCounters()
-    return make_decoder(linktype, counters)(frame), counters
+    return frame_decoder(_impl[0], linktype, counters)(frame), counters
 
 
 def test_ethernet_ipv4() -> None:
@@ -94,3 +108,5 @@ def test_fragments_non_tcp_and_truncated_are_counted() -> None:
 def test_unsupported_link_type() -> None:
     with pytest.raises(UnsupportedLinkType):
         make_decoder(147, DecodeCounters())
+    with pytest.raises(UnsupportedLinkType):
+        native.frame_decoder(147, DecodeCounters())
