@@ -37,6 +37,6 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("probe._cdecode", ["probe/_cdecode.c"], extra_compile_args=["-O2"])],
+    ext_modules=[Extension("probe._cdecode", ["probe/_cdecode.c"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )
