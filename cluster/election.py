@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import SyncObj, SyncObjConf, SyncObjException
-from pysyncobj.batteries import ReplCounter, ReplLockManager
+# pysyncobj (0.3.17) replaces socket.inet_ntop on every OS with a Windows-only version when
+# it is imported (pysyncobj/win_inet_pton.py); anything else in the process that formats
+# an address with it (scapy, asyncio, ...) would then fail. Keep the real one.
+_inet_ntop = socket.inet_ntop
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException  # noqa: E402
+from pysyncobj.batteries import ReplCounter, ReplLockManager  # noqa: E402
+
+socket.inet_ntop = _inet_ntop
 
 log = logging.getLogger("mysqlprobe.cluster")
 MASTER_LOCK = "mysqlprobe-master"
