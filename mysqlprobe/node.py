@@ -282,12 +282,13 @@ class BaseNode:
             ) from None
         scheme = "https" if self.server_tls is not None else "http"
         log.info(
-            "%s %s serving on %s:%d (%s)",
+            "%s %s serving on %s:%d (%s, %s engine)",
             self.current_role,
             self.name,
             self.config.bind,
             self.config.serverport,
             scheme,
+            native.ENGINE,
         )
         self._tasks.append(asyncio.ensure_future(self._cluster_loop()))
         if self.pusher is not None:
