@@ -345,9 +345,159 @@ done:
     return result;
 }
 
+/* The owner test of probe.engine.sharded_batch for an established connection: 1 when
+ * owners[key] is a [owner, state] list with state true, no SYN/FIN/RST in flags, owner set
+ * in *owner; 0 when the general test (sharder.owner) must decide; -1 on error. */
+static int established_owner(PyObject *owners, PyObject *key, unsigned flags, long *owner) {
+    PyObject *entry = PyDict_GetItemWithError(owners, key); /* borrowed */
+    if (!entry) return PyErr_Occurred() ? -1 : 0;
+    if (flags & 0x07 || !PyList_Check(entry) || PyList_GET_SIZE(entry) < 2) return 0;
+    int state = PyObject_IsTrue(PyList_GET_ITEM(entry, 1));
+    if (state <= 0) return state;
+    *owner = PyLong_AsLong(PyList_GET_ITEM(entry, 0));
+    if (*owner == -1 && PyErr_Occurred()) return -1;
+    return 1;
+}
+
+/* Whether this worker owns the connection of the segment parsed by the Ethernet fast
+ * path: 1 yes, 0 no, -1 error. As probe.engine.sharded_batch's fast path. */
+static int owns_fast(PyObject *sharder, PyObject *ports, PyObject *owners, long index, const Parsed *s,
+                     unsigned total) {
+    PyObject *sport = NULL, *dport = NULL, *addr = NULL, *key = NULL;
+    int rc = -1, direction;
+    dport = PyLong_FromUnsignedLong(s->dport);
+    if (!dport) goto done;
+    int in = PySet_Contains(ports, dport);
+    if (in < 0) goto done;
+    sport = PyLong_FromUnsignedLong(s->sport);
+    if (!sport) goto done;
+    if (in) {
+        direction = 0;
+        addr = PyLong_FromUnsignedLong(s->src4);
+        if (addr) key = PyTuple_Pack(3, addr, sport, dport);
+    } else {
+        in = PySet_Contains(ports, sport);
+        if (in < 0) goto done;
+        if (!in) {
+            rc = index == 0; /* other ports: the first worker's */
+            goto done;
+        }
+        direction = 1;
+        addr = PyLong_FromUnsignedLong(s->dst4);
+        if (addr) key = PyTuple_Pack(3, addr, dport, sport);
+    }
+    if (!key) goto done;
+    long owner;
+    int known = established_owner(owners, key, s->flags, &owner);
+    if (known < 0) goto done;
+    if (!known) {
+        /* total > 20 + TCP header length: the segment carries data */
+        Py_ssize_t tcp_len = s->data - 34;
+        PyObject *got = PyObject_CallMethod(sharder, "owner", "OiIO", key, direction, s->flags,
+                                            (Py_ssize_t)total > 20 + tcp_len ? Py_True : Py_False);
+        if (!got) goto done;
+        owner = PyLong_AsLong(got);
+        Py_DECREF(got);
+        if (owner == -1 && PyErr_Occurred()) goto done;
+    }
+    rc = owner == index;
+done:
+    Py_XDECREF(sport);
+    Py_XDECREF(dport);
+    Py_XDECREF(addr);
+    Py_XDECREF(key);
+    return rc;
+}
+
+/* sharded_batch(buffer, meta, segment, sharder): probe.engine.sharded_batch compiled. */
+static PyObject *Decoder_sharded_batch(Decoder *self, PyObject *args) {
+    Py_buffer buffer, meta;
+    PyObject *segment, *sharder;
+    if (!PyArg_ParseTuple(args, "y*y*OO", &buffer, &meta, &segment, &sharder)) return NULL;
+    PyObject *result = NULL, *ports = NULL, *owners = NULL, *index_obj = NULL;
+    if (meta.len % 16) {
+        PyErr_SetString(PyExc_ValueError, "meta is not a whole number of 16-byte records");
+        goto done;
+    }
+    ports = PyObject_GetAttrString(sharder, "ports");
+    owners = ports ? PyObject_GetAttrString(sharder, "owners") : NULL;
+    index_obj = owners ? PyObject_GetAttrString(sharder, "index") : NULL;
+    if (!index_obj) goto done;
+    if (!PyAnySet_Check(ports) || !PyDict_Check(owners)) {
+        PyErr_SetString(PyExc_TypeError, "sharder.ports must be a set and sharder.owners a dict");
+        goto done;
+    }
+    long index = PyLong_AsLong(index_obj);
+    if (index == -1 && PyErr_Occurred()) goto done;
+    const unsigned char *base = (const unsigned char *)buffer.buf;
+    const unsigned char *records = (const unsigned char *)meta.buf;
+    for (Py_ssize_t i = 0; i < meta.len; i += 16) {
+        uint32_t rec[4];
+        memcpy(rec, records + i, sizeof rec);
+        Py_ssize_t start = (Py_ssize_t)rec[2], stop = (Py_ssize_t)rec[2] + (Py_ssize_t)rec[3];
+        if (start > buffer.len) start = buffer.len;
+        if (stop > buffer.len) stop = buffer.len;
+        Py_ssize_t n = stop > start ? stop - start : 0;
+        const unsigned char *f = base + start;
+        Parsed s;
+        PyObject *tuple = NULL;
+        int owned;
+        if (self->linktype == LINKTYPE_ETHERNET && n >= 54 && be16(f + 12) == 0x0800 && f[14] == 0x45 &&
+            f[23] == 6 && !(be16(f + 20) & 0x3FFF)) {
+            parse_frame(LINKTYPE_ETHERNET, f, n, &s); /* the fast path: always a segment */
+            owned = owns_fast(sharder, ports, owners, index, &s, be16(f + 16));
+            if (owned < 0) goto done;
+            if (!owned) continue;
+            tuple = segment_tuple(f, &s);
+            if (!tuple) goto done;
+        } else {
+            /* Any other frame: every worker decodes it (counters agree), the owner analyses it. */
+            enum outcome what = parse_frame(self->linktype, f, n, &s);
+            if (what != SEGMENT) {
+                if (count(self, what) < 0) goto done;
+                continue;
+            }
+            tuple = segment_tuple(f, &s);
+            if (!tuple) goto done;
+            PyObject *got = PyObject_CallMethod(sharder, "owns_segment", "(O)", tuple);
+            if (!got) {
+                Py_DECREF(tuple);
+                goto done;
+            }
+            owned = PyObject_IsTrue(got);
+            Py_DECREF(got);
+            if (owned <= 0) {
+                Py_DECREF(tuple);
+                if (owned < 0) goto done;
+                continue;
+            }
+        }
+        PyObject *ts = PyLong_FromLongLong((long long)rec[0] * 1000000000LL + (long long)rec[1] * 1000LL);
+        if (!ts) {
+            Py_DECREF(tuple);
+            goto done;
+        }
+        PyObject *ret = PyObject_CallFunctionObjArgs(segment, ts, tuple, NULL);
+        Py_DECREF(ts);
+        Py_DECREF(tuple);
+        if (!ret) goto done;
+        Py_DECREF(ret);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(ports);
+    Py_XDECREF(owners);
+    Py_XDECREF(index_obj);
+    PyBuffer_Release(&buffer);
+    PyBuffer_Release(&meta);
+    return result;
+}
+
 static PyMethodDef Decoder_methods[] = {
     {"batch", (PyCFunction)Decoder_batch, METH_VARARGS,
      "batch(buffer, meta, segment): decode every frame of a capture batch, calling segment(ts_ns, seg)."},
+    {"sharded_batch", (PyCFunction)Decoder_sharded_batch, METH_VARARGS,
+     "sharded_batch(buffer, meta, segment, sharder): batch() for the connections sharder owns."},
     {NULL, NULL, 0, NULL},
 };
 

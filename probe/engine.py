@@ -17,13 +17,6 @@ from typing import Any
 
 from probe.aggregate import DEFAULT_MAX_SLOW, DEFAULT_MAX_TEMPLATES, Aggregator, Interval
 from probe.decode import (
-    ETH_IPV4_TCP,
-    LINKTYPE_ETHERNET,
-    TCP_ACK,
-    TCP_FIN,
-    TCP_RST,
-    TCP_SYN,
-    Address,
     DecodeCounters,
     Segment,
     make_decoder,
@@ -43,6 +36,7 @@ from probe.mysql.events import (
 )
 from probe.native import frame_decoder, plain
 from probe.normalize import DEFAULT_CACHE_SIZE, Normalizer
+from probe.shard import Sharder
 
 _META = struct.Struct("IIII")
 #: Recent segment signatures kept for duplicate suppression.
@@ -77,59 +71,6 @@ class EngineConfig:
     """(index, count): analyse only the connections this shard owns (see ``FlowTable``).
     Replay runs one engine per core over the same file this way; live capture shards in
     the kernel instead (PACKET_FANOUT_HASH)."""
-
-
-class Sharder:
-    """Which connections one of ``count`` replay workers owns.
-
-    Every worker reads every packet and keeps this map the same way, from packet headers
-    alone, so each connection has exactly one owner. Owners are dealt round-robin in order
-    of first sight: balanced even for a handful of connections, where a hash of the ports
-    is lumpy. A connection is keyed by (client address, client port, server port): a probe
-    watches one host, whose address does not tell its connections apart.
-    """
-
-    def __init__(self, ports: frozenset[int], index: int, count: int, max_connections: int) -> None:
-        self.ports = ports
-        self.index = index
-        self.count = count
-        self.limit = 4 * max_connections
-        self.owners: dict[tuple[Address, int, int], list[int]] = {}
-        self._next = 0
-
-    def owns_segment(self, segment: Segment) -> bool:
-        """The general path, for frames the engine's fast path does not read itself."""
-        src, dst, sport, dport, _, _, flags, payload = segment
-        if dport in self.ports:
-            return self.owner((src, sport, dport), 0, flags, bool(payload)) == self.index
-        if sport in self.ports:
-            return self.owner((dst, dport, sport), 1, flags, bool(payload)) == self.index
-        return self.index == 0  # other ports: counted once, by the first worker
-
-    def owner(self, key: tuple[Address, int, int], direction: int, flags: int, has_payload: bool) -> int:
-        owners = self.owners
-        entry = owners.get(key)
-        client_syn = flags & TCP_SYN and not flags & TCP_ACK
-        if entry is None or (client_syn and entry[1]):
-            if not has_payload and not flags & TCP_SYN:
-                return 0  # a bare ACK/FIN/RST of an unknown connection: the first worker's
-            if len(owners) >= self.limit:
-                del owners[next(iter(owners))]
-            entry = owners[key] = [self._next, 0]
-            self._next = (self._next + 1) % self.count
-        elif client_syn:
-            entry[1] = 1
-        owner = entry[0]
-        if flags & (TCP_RST | TCP_FIN):
-            if flags & TCP_RST:
-                del owners[key]
-            else:
-                entry[1] |= 2 << direction
-                if entry[1] & 6 == 6:
-                    del owners[key]
-        elif not flags & TCP_SYN:
-            entry[1] |= 1
-        return owner
 
 
 class Engine:
@@ -174,7 +115,7 @@ class Engine:
         if not meta:
             return
         if self._sharder is not None:
-            self._sharded_batch(buffer, meta, self._sharder)
+            self._frames.sharded_batch(buffer, meta, self.flows.segment, self._sharder)
         elif self.config.dedup_ns or (linktype is not None and linktype != self._linktype):
             self._general_batch(buffer, meta, self._decoder(linktype or self._linktype))
         else:
@@ -208,52 +149,6 @@ class Engine:
                 if len(recent) > _DEDUP_ENTRIES:
                     recent.popitem(last=False)
             segment(ts, decoded)
-
-    def _sharded_batch(self, buffer: bytes, meta: bytes, sharder: Sharder) -> None:
-        """The batch loop of one replay worker: foreign connections' packets cost one
-        header unpack and one dict lookup, before any decoding."""
-        decode = self._decode
-        segment = self.flows.segment
-        header = ETH_IPV4_TCP.unpack_from
-        ports = sharder.ports
-        owners = sharder.owners
-        index = sharder.index
-        fast = self._linktype == LINKTYPE_ETHERNET
-        for sec, usec, offset, caplen in _META.iter_unpack(meta):
-            if fast and caplen >= 54:
-                ethertype, ihl, total, frag, proto, src, dst, sport, dport, seq, ack, data_off, flags = header(
-                    buffer, offset
-                )
-                if ethertype == 0x0800 and ihl == 0x45 and proto == 6 and not frag & 0x3FFF:
-                    if dport in ports:
-                        key = (src, sport, dport)
-                        direction = 0
-                    elif sport in ports:
-                        key = (dst, dport, sport)
-                        direction = 1
-                    else:
-                        if index:
-                            continue
-                        key = None
-                    if key is not None:
-                        entry = owners.get(key)
-                        if entry is not None and not flags & 0x07 and entry[1]:
-                            # An established connection, no SYN/FIN/RST: the common case.
-                            if entry[0] != index:
-                                continue
-                        elif sharder.owner(key, direction, flags, total > 20 + (data_off >> 4 << 2)) != index:
-                            continue
-                    end = offset + 14 + total if total else offset + caplen
-                    if end > offset + caplen:
-                        end = offset + caplen
-                    payload = buffer[offset + 34 + (data_off >> 4 << 2) : end]
-                    segment(sec * 1_000_000_000 + usec * 1000, (src, dst, sport, dport, seq, ack, flags, payload))
-                    continue
-            # Any other frame: every worker decodes it (so decode counters agree) and the
-            # owner analyses it.
-            decoded = decode(buffer[offset : offset + caplen])
-            if decoded is not None and sharder.owns_segment(decoded):
-                segment(sec * 1_000_000_000 + usec * 1000, decoded)
 
     def _batch_done(self, buffer: bytes, meta: bytes) -> None:
         sec, usec = _META.unpack_from(meta)[:2]

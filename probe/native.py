@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Protocol
 
 from probe.decode import DecodeCounters, Segment, decode_batch, make_decoder
+from probe.shard import Sharder, sharded_batch
 
 
 def _wanted() -> bool:
@@ -42,6 +43,10 @@ class FrameDecoder(Protocol):
 
     def batch(self, buffer: bytes, meta: bytes, segment: Callable[[int, Segment], object]) -> None: ...
 
+    def sharded_batch(
+        self, buffer: bytes, meta: bytes, segment: Callable[[int, Segment], object], sharder: Sharder
+    ) -> None: ...
+
 
 class PureDecoder:
     """``probe.decode``'s functions behind the compiled decoder's interface."""
@@ -57,6 +62,11 @@ class PureDecoder:
 
     def batch(self, buffer: bytes, meta: bytes, segment: Callable[[int, Segment], object]) -> None:
         decode_batch(self._decode, buffer, meta, segment)
+
+    def sharded_batch(
+        self, buffer: bytes, meta: bytes, segment: Callable[[int, Segment], object], sharder: Sharder
+    ) -> None:
+        sharded_batch(self._decode, self.linktype, buffer, meta, segment, sharder)
 
 
 def frame_decoder(linktype: int, counters: DecodeCounters, *, pure: bool = False) -> FrameDecoder:

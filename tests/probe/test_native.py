@@ -35,6 +35,7 @@ from probe.decode import (
     DecodeCounters,
     Segment,
 )
+from probe.shard import Sharder
 from tests.support.fuzz import fuzz_settings
 from tests.support.native import IMPLEMENTATIONS, REQUIRE_VARIABLE, extensions_required, frame_decoder, need_compiled
 
@@ -205,6 +206,85 @@ def test_batches_decode_the_same(data: st.DataObject, case: tuple[int, list[byte
     pure = _run_batches("pure", linktype, laid_out)
     compiled = _run_batches("compiled", linktype, laid_out)
     assert compiled == pure
+
+
+@st.composite
+def connection_frame(draw: st.DrawFn) -> bytes:
+    """Untagged Ethernet + IPv4 + TCP among a few endpoints (the sharded fast path), with
+    the flags of opens, closes and resets, so connections are seen again and change owner."""
+    payload = draw(st.sampled_from([b"", b"", b"x", b"\x05\0\0\0\x03ab"]))
+    flags = draw(st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x01]))
+    data_off = draw(st.sampled_from([5, 5, 8]))
+    tcp = struct.pack(
+        "!HHIIBB",
+        draw(st.sampled_from([3306, 40000, 40000, 5000])),
+        draw(st.sampled_from([3306, 3306, 40000])),
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.integers(0, 2**32 - 1)),
+        data_off << 4,
+        flags,
+    ) + bytes(6 + 4 * (data_off - 5))
+    total = 20 + len(tcp) + len(payload)
+    ip = b"\x45\0" + _u16(draw(st.sampled_from([total, total, 0]))) + bytes(4) + b"\x40\x06" + bytes(2)
+    ip += draw(st.sampled_from([b"\x0a\0\0\x01", b"\x0a\0\0\x02"])) + draw(
+        st.sampled_from([b"\x0a\0\0\x01", b"\x0a\0\0\x02"])
+    )
+    return bytes(12) + b"\x08\x00" + ip + tcp + payload + bytes(draw(st.sampled_from([0, 0, 6])))
+
+
+def _run_sharded(
+    impl: str, linktype: int, batches: list[tuple[bytes, bytes]], index: int
+) -> tuple[list[Any], dict[str, int], dict[Any, list[int]]]:
+    counters = DecodeCounters()
+    decoder = frame_decoder(impl, linktype, counters)
+    sharder = Sharder(frozenset({3306}), index, 2, max_connections=2)  # a small map: evictions too
+    seen: list[Any] = []
+    for buffer, meta in batches:
+        decoder.sharded_batch(buffer, meta, lambda ts, seg: seen.append((ts, seg)), sharder)
+    return seen, counters.as_dict(), sharder.owners
+
+
+@pytest.mark.fuzz
+@fuzz_settings(300)
+@given(st.data())
+def test_sharded_batches_decode_the_same(data: st.DataObject) -> None:
+    """A replay worker's loop: the same segments reach each worker, the same owner map."""
+    need_compiled()
+    linktype = data.draw(st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL]))
+    frames = data.draw(
+        st.lists(st.one_of(connection_frame(), connection_frame(), frame_of(linktype)), min_size=1, max_size=30)
+    )
+    batches = []
+    i = 0
+    while i < len(frames):  # consistent records, as a capture writes them; caplen may cut a frame
+        size = data.draw(st.integers(1, len(frames) - i))
+        buffer, records = b"", []
+        for frame in frames[i : i + size]:
+            cut = data.draw(st.sampled_from([len(frame), len(frame), max(0, len(frame) - 3)]))
+            records.append(BATCH_META.pack(1, data.draw(st.integers(0, 999_999)), len(buffer), cut))
+            buffer += frame
+        batches.append((buffer, b"".join(records)))
+        i += size
+    for index in (0, 1):
+        assert _run_sharded("compiled", linktype, batches, index) == _run_sharded("pure", linktype, batches, index)
+
+
+def test_a_reset_forgets_an_established_connection_in_both() -> None:
+    """Data then RST on one connection: both loops ask the sharder, which forgets it."""
+    need_compiled()
+
+    def frame(flags: int, payload: bytes = b"") -> bytes:
+        tcp = struct.pack("!HHIIBB", 40000, 3306, 1, 1, 0x50, flags) + bytes(6)
+        ip = b"\x45\0" + _u16(40 + len(payload)) + bytes(4) + b"\x40\x06" + bytes(2) + b"\x0a\0\0\x01\x0a\0\0\x02"
+        return bytes(12) + b"\x08\x00" + ip + tcp + payload
+
+    data, reset = frame(0x18, b"abc"), frame(0x04)
+    batch = (data + reset, BATCH_META.pack(1, 0, 0, len(data)) + BATCH_META.pack(1, 0, len(data), len(reset)))
+    for index in (0, 1):
+        pure = _run_sharded("pure", LINKTYPE_ETHERNET, [batch], index)
+        assert _run_sharded("compiled", LINKTYPE_ETHERNET, [batch], index) == pure
+        assert pure[2] == {}  # forgotten
+        assert len(pure[0]) == (2 if index == 0 else 0)  # the first connection is worker 0's
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
