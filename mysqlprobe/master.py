@@ -29,6 +29,10 @@ from mysqlprobe.node import BaseNode
 log = logging.getLogger("mysqlprobe.master")
 
 
+#: Reports to acknowledge: (slave address, node, incarnation) -> (connection, seqs).
+Acks = dict[tuple[str, str, str], tuple[Link, list[int]]]
+
+
 class MasterNode(BaseNode):
     role = "master"
     master_capable = True
@@ -50,9 +54,14 @@ class MasterNode(BaseNode):
         self.clustering.on_change = self._retarget
         self.interval_start = time.time_ns()
         self.intake_latency_ms: list[float] = []
-        # Reports merged (or recognised as duplicates) and not yet acknowledged: they are
-        # acknowledged only once a checkpoint holds them.
-        self.pending_acks: dict[tuple[str, str, str], tuple[Link, list[int]]] = {}
+        # Reports merged (or recognised as duplicates) into the interval under way: they are
+        # acknowledged only once the report of that interval is checkpointed and published.
+        # Acknowledged earlier, a master that dies (or loses an election) before publishing
+        # would lose them: the slaves no longer keep them, and a new master starts afresh.
+        self.pending_acks: Acks = {}
+        # Reports of published intervals, acknowledged at the next durable checkpoint.
+        self.published_acks: Acks = {}
+        self._checkpoint_lock = asyncio.Lock()  # one write at a time, in order
         self.checkpoints = 0
         self._dirty = False
         self.outbox: dict[str, Any] | None = None  # a merged report checkpointed, maybe not published
@@ -96,37 +105,38 @@ class MasterNode(BaseNode):
 
     async def _checkpoints(self) -> None:
         """Group commit: every 0.5 s, write a checkpoint of what was merged, then
-        acknowledge those reports to their slaves. A kill -9 before the checkpoint loses
-        no report (the slaves still have them); one after it counts none twice (the
-        checkpoint remembers their sequence numbers)."""
+        acknowledge the reports of intervals already published. A kill -9 at any point
+        loses no report (the slaves keep what is not acknowledged) and counts none twice
+        (the checkpoint remembers their sequence numbers)."""
         while True:
             await asyncio.sleep(0.5)
             await self.checkpoint()
 
-    async def checkpoint(self) -> None:
-        if not self._dirty and not self.pending_acks:
-            return
-        acks, self.pending_acks = self.pending_acks, {}
-        if self._dirty:
-            self._dirty = False
-            document = {
-                "node": self.name,
-                "interval_start_ns": self.interval_start,
-                "merger": self.merger.snapshot(),
-                "outbox": self.outbox,
-            }
-            saved = await asyncio.to_thread(
-                self.writes.write, self.state / "master.json", "master-checkpoint", document
-            )
-            if not saved:
-                # Not durable: acknowledge nothing (the slaves keep the reports) and retry.
-                self._dirty = True
-                for key, (link, seqs) in acks.items():
-                    self.pending_acks.setdefault(key, (link, []))[1].extend(seqs)
-                return
-            self.checkpoints += 1
-        for (_, node, incarnation), (link, seqs) in acks.items():
-            await self.subscriptions.ack(link, node, incarnation, seqs)
+    async def checkpoint(self, *, acknowledge: bool = True) -> bool:
+        """Write what was merged if anything changed; once that is durable, acknowledge the
+        reports of published intervals (with ``acknowledge``). Returns whether it is durable."""
+        async with self._checkpoint_lock:
+            if self._dirty:
+                self._dirty = False
+                document = {
+                    "node": self.name,
+                    "interval_start_ns": self.interval_start,
+                    "merger": self.merger.snapshot(),
+                    "outbox": self.outbox,
+                }
+                saved = await asyncio.to_thread(
+                    self.writes.write, self.state / "master.json", "master-checkpoint", document
+                )
+                if not saved:
+                    # Not durable: acknowledge nothing (the slaves keep the reports) and retry.
+                    self._dirty = True
+                    return False
+                self.checkpoints += 1
+        if acknowledge:
+            acks, self.published_acks = self.published_acks, {}
+            for (_, node, incarnation), (link, seqs) in acks.items():
+                await self.subscriptions.ack(link, node, incarnation, seqs)
+        return True
 
     def _refused(self, link: Link, code: int) -> None:
         log.warning("slave %s refused epoch %d: a newer master leads; stepping down", link.addr, self.clustering.epoch)
@@ -142,6 +152,9 @@ class MasterNode(BaseNode):
             # A new epoch: start the interval afresh and tell every slave who leads now.
             self.interval_start = time.time_ns()
             self.merger = ReportMerger(max_slow=self.config.probe.maxslow)
+            # Nothing merged before is published by this master now: unacknowledged, those
+            # reports are replayed by the slaves on the hello below and merged afresh.
+            self.pending_acks = {}
             await self.subscriptions.announce()
         self._retarget()
 
@@ -179,12 +192,18 @@ class MasterNode(BaseNode):
                     expected=expected,
                     states={name: ("reporting" if state == "connected" else state) for name, state in states.items()},
                 )
-                # Checkpoint first, then publish: a crash in between republishes this
-                # report from the outbox instead of merging the interval a second time.
+                acks, self.pending_acks = self.pending_acks, {}  # what this report holds
+                # Checkpoint first, then publish, then acknowledge: a crash before the
+                # checkpoint loses nothing (the slaves replay); one after it republishes
+                # this report from the outbox instead of merging the interval a second time.
                 self.outbox = report
                 self._dirty = True
-                await self.checkpoint()
+                durable = await self.checkpoint(acknowledge=False)
                 self.publish(report)
+                for key, (link, seqs) in acks.items():
+                    self.published_acks.setdefault(key, (link, []))[1].extend(seqs)
+                if durable:
+                    await self.checkpoint()
                 if self.history is not None:
                     await self.history.flush()  # in history before the outbox forgets it
                 self.outbox = None

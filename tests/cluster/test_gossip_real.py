@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,3 +186,57 @@ def test_failover_restart_and_stall(cluster: Cluster) -> None:
         assert all(m.endswith(f"@{epoch3}") for m in hub["masters"])
     assert cluster.wait_leader(timeout=5) == (third, epoch3)
     merged_after(cluster, third)
+
+
+def test_no_statement_is_lost_or_counted_twice_when_the_master_dies_mid_interval(cluster: Cluster) -> None:
+    """The workload runs across a kill -9 of the master. Whatever the dead master merged of
+    the interval under way (and had it acknowledged the reports, the slaves would have
+    forgotten them) must reach the new master: published reports of both, each counted
+    once, equal performance_schema's."""
+    leader, _ = cluster.wait_leader(timeout=30)
+    masters = [name for name in ("m1", "m2") if cluster.nodes[name].proc.poll() is None]  # type: ignore[union-attr]
+    assert leader in masters and len(masters) == 2
+    collectors = {name: Collector(f"ws://127.0.0.1:{cluster.nodes[name].port}/collector") for name in masters}
+    accounts = [workload.Accounting(server) for server in cluster.servers]
+    stop = threading.Event()
+
+    def run(server: MariaDB) -> None:
+        seed = 0
+        while not stop.is_set():
+            seed += 1
+            workload.text_workload(server, rounds=1, seed=seed)
+            time.sleep(0.05)
+
+    try:
+        collectors[leader].wait_for(
+            lambda c: any(sum(s["state"] == "reporting" for s in r["slaves"]) == 2 for r in c.reports), timeout=30
+        )
+        for account in accounts:
+            account.reset()
+        threads = [threading.Thread(target=run, args=(server,), daemon=True) for server in cluster.servers]
+        for thread in threads:
+            thread.start()
+        time.sleep(3.7)  # several merged, checkpointed intervals, and one under way
+        cluster.nodes[leader].proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        cluster.nodes[leader].proc.wait()  # type: ignore[union-attr]
+        successor, _ = cluster.wait_leader(not_name=leader, timeout=15, ask="s1")
+        time.sleep(2.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        time.sleep(3.0)  # the last slave intervals close and reach the new master
+        expected = {
+            f"127.0.0.1:{s.port}": a.expectations(schema=workload.DB)
+            for s, a in zip(cluster.servers, accounts, strict=True)
+        }
+        seen = len(collectors[successor].reports)
+        collectors[successor].wait_for(lambda c: len(c.reports) >= seen + 2)
+        published = [r for c in collectors.values() for r in c.reports]
+        assert len({(r["node"], r["seq"]) for r in published}) == len(published)
+        assert counts_by_server(published) == expected
+    finally:
+        stop.set()
+        for collector in collectors.values():
+            collector.close()
+        for account in accounts:
+            account.close()
