@@ -51,8 +51,10 @@ def main() -> None:
     parser.add_argument("pcap")
     parser.add_argument("--port", type=int, action="append")
     parser.add_argument("--callgrind", action="store_true", help="no profiler: one engine pass only")
+    parser.add_argument("--shard", default="0/1", help="INDEX/COUNT: one replay worker's share (default 0/1)")
     args = parser.parse_args()
-    config = EngineConfig(ports=frozenset(args.port or [3306]))
+    index, count = (int(part) for part in args.shard.split("/"))
+    config = EngineConfig(ports=frozenset(args.port or [3306]), shard=(index, count))
     if args.callgrind:
         result = run_shard(args.pcap, config)
         print(f"engine={native.ENGINE} statements={sum(t.count for t in result.templates)}")
