@@ -9,10 +9,12 @@ the compiled module is loaded when it is required.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +38,7 @@ from probe.decode import (
     Segment,
 )
 from probe.shard import Sharder
+from tests.mysqlprobe.test_replay_workers import captures
 from tests.support.fuzz import fuzz_settings
 from tests.support.native import IMPLEMENTATIONS, REQUIRE_VARIABLE, extensions_required, frame_decoder, need_compiled
 
@@ -51,7 +54,7 @@ LINKTYPES = (
     LINKTYPE_IPV6,
     LINKTYPE_LINUX_SLL2,
 )
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = Path(__file__).parents[2]
 
 
 def _u16(value: int) -> bytes:
@@ -317,11 +320,9 @@ def test_the_compiled_module_is_loaded_when_required() -> None:
         assert ("compiled" if native.cdecode is not None else "pure") == native.ENGINE
 
 
-def _replay(env: dict[str, str]) -> dict[str, Any]:
-    import json
-
+def _replay(path: Path, workers: int, env: dict[str, str]) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "mysqlprobe.cli", "replay", "examples/sample.pcap.gz", "--format=json", "--workers=1"],
+        [sys.executable, "-m", "mysqlprobe.cli", "replay", str(path), "--format=json", f"--workers={workers}"],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -333,15 +334,19 @@ def _replay(env: dict[str, str]) -> dict[str, Any]:
     return doc
 
 
-def test_replay_documents_are_equal_and_name_their_engine() -> None:
-    """The sample capture through each engine: the same report, timing fields included;
-    only the analysis block (how long, which engine) differs."""
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", ["many_templates", "drivers_mix", "logins", "sample"])
+def test_replay_documents_are_equal_and_name_their_engine(tmp_path: Path, name: str, workers: int) -> None:
+    """The captures of the replay tests (scapy-built ones and the sample) through each
+    engine, one worker and two: the same report, timing fields included; only the
+    analysis block (how long, which engine) differs."""
     need_compiled()
-    pure = _replay({"MYSQLPROBE_NO_EXTENSIONS": "1"})
-    compiled = _replay({"MYSQLPROBE_NO_EXTENSIONS": "0"})
+    path = captures(tmp_path)[name]
+    pure = _replay(path, workers, {"MYSQLPROBE_NO_EXTENSIONS": "1"})
+    compiled = _replay(path, workers, {"MYSQLPROBE_NO_EXTENSIONS": "0"})
     assert pure["analysis"]["engine"] == "pure"
     assert compiled["analysis"]["engine"] == "compiled"
-    assert pure["totals"]["queries"] > 7000
+    assert pure["totals"]["commands"] > 0
     for doc in (pure, compiled):
         del doc["analysis"]
     assert compiled == pure
