@@ -210,6 +210,10 @@ static PyObject *segment_tuple(const unsigned char *f, const Parsed *s) {
 /* counters.<name> += 1 for a frame that was no segment (the uncommon path). */
 static int count(Decoder *self, enum outcome what) {
     PyObject *name = counter_names[what];
+    if (!self->counters) { /* Decoder.__new__ without __init__ */
+        PyErr_SetString(PyExc_RuntimeError, "Decoder was not initialised");
+        return -1;
+    }
     PyObject *value = PyObject_GetAttr(self->counters, name);
     if (!value) return -1;
     PyObject *one = PyLong_FromLong(1);

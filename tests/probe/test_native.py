@@ -311,6 +311,16 @@ def test_batch_stops_at_a_failing_callback(impl: str) -> None:
     assert len(calls) == 2  # a malformed batch is refused before any frame
 
 
+def test_an_uninitialised_compiled_decoder_refuses_to_count() -> None:
+    need_compiled()
+    assert native.cdecode is not None
+    decoder = native.cdecode.Decoder.__new__(native.cdecode.Decoder)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        decoder(b"")
+    with pytest.raises(ValueError, match="unsupported link type"):
+        native.cdecode.Decoder(147, DecodeCounters())
+
+
 def test_the_compiled_module_is_loaded_when_required() -> None:
     """scripts/test.sh sets MYSQLPROBE_REQUIRE_EXTENSIONS=1: the suite runs compiled."""
     if extensions_required():
