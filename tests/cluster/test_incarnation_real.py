@@ -24,13 +24,7 @@ if os.geteuid() != 0:  # pragma: no cover
 
 @pytest.fixture()
 def server() -> Iterator[MariaDB]:
-    db = MariaDB()
-    db.start()
-    workload.prepare_schema(db)
-    try:
-        yield db
-    finally:
-        db.destroy()
+    yield from workload.schema_server()
 
 
 def run_for(server: MariaDB, seconds: float) -> None:

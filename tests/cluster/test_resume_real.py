@@ -27,13 +27,7 @@ if os.geteuid() != 0:  # pragma: no cover
 
 @pytest.fixture()
 def server() -> Iterator[MariaDB]:
-    db = MariaDB()
-    db.start()
-    workload.prepare_schema(db)
-    try:
-        yield db
-    finally:
-        db.destroy()
+    yield from workload.schema_server()
 
 
 class Background:

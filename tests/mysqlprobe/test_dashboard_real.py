@@ -34,13 +34,7 @@ SCREENSHOTS = Path(os.environ.get("MYSQLPROBE_SCREENSHOTS", "/tmp/mysqlprobe-scr
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MariaDB]:
-    db = MariaDB()
-    db.start()
-    workload.prepare_schema(db)
-    try:
-        yield db
-    finally:
-        db.destroy()
+    yield from workload.schema_server()
 
 
 def totals(reports: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, int]]:

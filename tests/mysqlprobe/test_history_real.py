@@ -41,13 +41,7 @@ SLEEP_TEMPLATE = "SELECT SLEEP(?)"
 
 @pytest.fixture()
 def server() -> Iterator[MariaDB]:
-    db = MariaDB()
-    db.start()
-    workload.prepare_schema(db)
-    try:
-        yield db
-    finally:
-        db.destroy()
+    yield from workload.schema_server()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

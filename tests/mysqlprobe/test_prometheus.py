@@ -103,13 +103,7 @@ def test_top_n_bounds_series_and_counters_never_go_back() -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MariaDB]:
-    db = MariaDB()
-    db.start()
-    workload.prepare_schema(db)
-    try:
-        yield db
-    finally:
-        db.destroy()
+    yield from workload.schema_server()
 
 
 def scrape(node: Node) -> str:

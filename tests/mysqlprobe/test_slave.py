@@ -33,13 +33,7 @@ if os.geteuid() != 0:  # pragma: no cover
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MariaDB]:
-    db = MariaDB()
-    db.start()
-    workload.prepare_schema(db)
-    try:
-        yield db
-    finally:
-        db.destroy()
+    yield from workload.schema_server()
 
 
 def slave_config(server: MariaDB, **extra: Any) -> dict[str, Any]:

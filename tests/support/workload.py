@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import mysql.connector
@@ -21,6 +22,18 @@ from tests.support.accounting import Accounting as Accounting  # the reference, 
 from tests.support.mariadb import MariaDB
 
 DB = "shop"
+
+
+def schema_server() -> Iterator[MariaDB]:
+    """A throw-away MariaDB with the workload's schema, destroyed afterwards: the body of
+    the tests' ``server`` fixtures (``yield from workload.schema_server()``)."""
+    db = MariaDB()
+    db.start()
+    prepare_schema(db)
+    try:
+        yield db
+    finally:
+        db.destroy()
 
 
 def prepare_schema(server: MariaDB) -> None:
