@@ -174,7 +174,10 @@ class Requests(PreparedStatements):
             if head is not None and head.state == R_AUTH and seq != 0:
                 head.bytes_in += size
                 return
-            if seq != 0 or not payload:
+            if (seq != 0 and not self.compressed) or not payload:
+                # Under the compressed protocol the frame's own sequence id marks the command
+                # boundary and MariaDB does not check the inner one: Connector/J sends the
+                # COM_STMT_EXECUTE that follows COM_STMT_SEND_LONG_DATA with inner id 1.
                 self._client_garbage(ts, f"request with sequence id {seq}")
                 return
             self._command(ts, payload, size, cut, ack)

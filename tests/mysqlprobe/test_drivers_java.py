@@ -27,7 +27,7 @@ def server() -> Iterator[MariaDB]:
         server.destroy()
 
 
-@pytest.mark.parametrize("compress", [False], ids=["plain"])  # compressed: see issue 8 findings
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
 def test_connector_j_server_prepared_and_batches_equal_the_server(
     server: MariaDB, tmp_path: Path, compress: bool
 ) -> None:

@@ -384,6 +384,37 @@ def test_compressed_protocol() -> None:
         ]
 
 
+def test_compressed_command_with_an_inner_sequence_id_other_than_zero() -> None:
+    # Connector/J with useCompression: after COM_STMT_SEND_LONG_DATA (no reply) the execute's
+    # inner packet has sequence id 1; MariaDB runs it, so it is a command like any other.
+    caps = w.CLIENT_CAPS | c.CLIENT_COMPRESS
+    long_data = bytes([c.Command.STMT_SEND_LONG_DATA]) + struct.pack("<IH", 1, 0) + b"x" * 300
+    execute = w.execute(1, [(c.TYPE_LONG_BLOB, None)], bind=True)
+    script = (
+        w.Script()
+        .server(w.framed([w.greeting()]))
+        .client(w.framed([w.handshake_response(caps=caps)], 1))
+        .server(w.framed([w.ok()], 2))
+        .client(w.compress_stream(w.prepare("INSERT INTO t(b) VALUES (?)")))
+        .server(w.compress_stream(w.prepare_ok(1, 0, 1)))
+        .client(w.compress_stream(w.framed([long_data])))
+        .client(w.compress_stream(execute[:3] + b"\x01" + execute[4:]))
+        .server(w.compress_stream(w.framed([w.ok(affected=1)], 1)))
+        .client(w.compress_stream(w.query("SELECT 2")))
+        .server(w.compress_stream(w.result_set(["2"], [[b"2"]])))
+    )
+    for split in ("whole", "random"):
+        events = run(script, split=split)[0]
+        done = completed(events)[1:]
+        assert [(e.command, e.template, e.rows_affected) for e in done] == [
+            ("Prepare", "PREPARE INSERT INTO t(b) VALUES (...)", 0),
+            ("Long Data", "administrator command: Long Data", 0),
+            ("Execute", "INSERT INTO t(b) VALUES (...)", 1),
+            ("Query", "SELECT ?", 0),
+        ]
+        assert not any(isinstance(e, Garbage) for e in events)
+
+
 def test_ssl_request_marks_the_connection_encrypted() -> None:
     script = (
         w.Script()
