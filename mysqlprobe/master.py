@@ -169,9 +169,16 @@ class MasterNode(BaseNode):
 
     async def start(self) -> None:
         if self.outbox is not None:
-            # Checkpointed before a crash, perhaps never published: the same report with
-            # the same seq again (subscribers and receivers deduplicate by node and seq).
-            self.publish(self.outbox)
+            if self.config.cluster.gossip:
+                # A term that ended with the crash: its reports were never acknowledged, so
+                # the slaves replay them to whichever master leads now (this one too, with a
+                # fresh merger, should it win again). Published here, they would count twice.
+                log.info("not publishing the report of an earlier term (seq %s)", self.outbox.get("seq"))
+                self.outbox = None
+            else:
+                # Checkpointed before a crash, perhaps never published: the same report with
+                # the same seq again (subscribers and receivers deduplicate by node and seq).
+                self.publish(self.outbox)
         self._tasks.append(asyncio.ensure_future(self._checkpoints()))
 
     async def main(self) -> None:
