@@ -121,7 +121,11 @@ class Soak:
                 },
             }
             if name.startswith("s"):
-                config["probe"] = {"device": "lo", "port": self.servers[int(name[1]) - 1].port, "workers": 2}
+                server_port = self.servers[int(name[1]) - 1].port
+                config["probe"] = {"device": "lo", "port": server_port, "workers": 2}
+                # As an operator runs it: the process list names the database of connections
+                # opened before a slave (re)started, e.g. after losing its state directory.
+                config["watcher"] = {"uname": "root", "port": server_port, "refreshs": 1}
             self.nodes[name] = Node(self.workdir, config, name)
         for node in self.nodes.values():
             node.start()
