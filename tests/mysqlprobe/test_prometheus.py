@@ -257,7 +257,9 @@ def test_master_metrics_add_up_the_slave(server: MariaDB, tmp_path: Path) -> Non
             if (
                 merged == series(s, "mysqlprobe_reports_total")
                 and total(m, "mysqlprobe_statements_total") == total(s, "mysqlprobe_statements_total")
-                and series(s, "mysqlprobe_queries_total") > 0
+                # every statement of run_statements reported (184), not the first interval only
+                and series(s, "mysqlprobe_queries_total") >= 184
+                and series(s, "mysqlprobe_template_series") > 10
             ):
                 break
             assert time.monotonic() < deadline, (merged, series(s, "mysqlprobe_reports_total"))
