@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.mariadb import MariaDB, free_port  # noqa: E402
-from tests.support.nodes import Collector, Node  # noqa: E402
+from tests.support.mariadb import MariaDB  # noqa: E402
+from tests.support.nodes import Collector, Node, gossip_configs  # noqa: E402
 from tests.support.sysbench import run_options, sysbench_argv  # noqa: E402
 
 #: /status counters printed at the end, as (path in /status, label).
@@ -104,22 +104,7 @@ class Soak:
                 [*sysbench_argv(server.port, tables=4, table_size=10000), "prepare"], check=True, capture_output=True
             )
         names = ["m1", "m2", "s1", "s2"]
-        ports = {n: {"serf": free_port(), "rpc": free_port(), "raft": free_port()} for n in names}
-        voters = [f"127.0.0.1:{ports[n]['raft']}" for n in ("m1", "m2", "s1")]
-        seeds = [f"127.0.0.1:{ports['m1']['serf']}", f"127.0.0.1:{ports['m2']['serf']}"]
-        for name in names:
-            config: dict[str, Any] = {
-                "interval": 1,
-                "slave": name.startswith("s"),
-                "cluster": {
-                    "gossip": True,
-                    "port": ports[name]["serf"],
-                    "rpcport": ports[name]["rpc"],
-                    "raftport": ports[name]["raft"],
-                    "voters": voters,
-                    "seeds": seeds,
-                },
-            }
+        for name, config in gossip_configs(names, ["m1", "m2", "s1"], interval=1).items():
             if name.startswith("s"):
                 server_port = self.servers[int(name[1]) - 1].port
                 config["probe"] = {"device": "lo", "port": server_port, "workers": 2}

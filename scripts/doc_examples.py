@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 import pymysql  # noqa: E402
 
 from tests.support import workload  # noqa: E402
-from tests.support.mariadb import MariaDB, free_port  # noqa: E402
-from tests.support.nodes import Collector, Node  # noqa: E402
+from tests.support.mariadb import MariaDB  # noqa: E402
+from tests.support.nodes import Collector, Node, gossip_configs  # noqa: E402
 
 TOKEN = "doc-token"
 DOCS = ROOT / "docs"
@@ -205,24 +205,9 @@ def main() -> None:
 
 def standby_examples(directory: Path, server: MariaDB) -> dict[str, str]:
     names = ["m1", "m2", "s1"]
-    ports = {n: {"serf": free_port(), "rpc": free_port(), "raft": free_port()} for n in names}
-    voters = [f"127.0.0.1:{ports[n]['raft']}" for n in names]
-    seeds = [f"127.0.0.1:{ports['m1']['serf']}", f"127.0.0.1:{ports['m2']['serf']}"]
     nodes: dict[str, Node] = {}
     try:
-        for name in names:
-            config: dict[str, Any] = {
-                "interval": 2,
-                "slave": name.startswith("s"),
-                "cluster": {
-                    "gossip": True,
-                    "port": ports[name]["serf"],
-                    "rpcport": ports[name]["rpc"],
-                    "raftport": ports[name]["raft"],
-                    "voters": voters,
-                    "seeds": seeds,
-                },
-            }
+        for name, config in gossip_configs(names, names, interval=2).items():
             if name.startswith("s"):
                 config["probe"] = {"device": "lo", "port": server.port, "workers": 1}
             nodes[name] = Node(directory, config, f"gossip-{name}").start()

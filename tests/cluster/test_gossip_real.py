@@ -10,14 +10,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from tests.cluster.test_static_real import counts_by_server
 from tests.support import workload
-from tests.support.mariadb import MariaDB, free_port
-from tests.support.nodes import Collector, Node
+from tests.support.mariadb import MariaDB
+from tests.support.nodes import Collector, Node, gossip_configs
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.live]
 if os.geteuid() != 0:  # pragma: no cover
@@ -65,24 +64,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         server.start()
         workload.prepare_schema(server)
     names = ["m1", "m2", "s1", "s2"]
-    ports = {n: {"serf": free_port(), "rpc": free_port(), "raft": free_port()} for n in names}
-    voters = [f"127.0.0.1:{ports[n]['raft']}" for n in ("m1", "m2", "s1")]
-    seeds = [f"127.0.0.1:{ports['m1']['serf']}", f"127.0.0.1:{ports['m2']['serf']}"]
+    configs = gossip_configs(names, ["m1", "m2", "s1"], interval=1, lockttlms=3000)
     nodes: dict[str, Node] = {}
-    for name in names:
-        config: dict[str, Any] = {
-            "interval": 1,
-            "slave": name.startswith("s"),
-            "cluster": {
-                "gossip": True,
-                "port": ports[name]["serf"],
-                "rpcport": ports[name]["rpc"],
-                "raftport": ports[name]["raft"],
-                "voters": voters,
-                "seeds": seeds,
-                "lockttlms": 3000,
-            },
-        }
+    for name, config in configs.items():
         if name.startswith("s"):
             server = servers[int(name[1]) - 1]
             config["probe"] = {"device": "lo", "port": server.port, "workers": 1}
