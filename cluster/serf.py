@@ -6,14 +6,26 @@ member list (``serf members -format=json``), updated when the role or epoch chan
 (``serf tags``), told to leave on a graceful stop, and restarted if it dies. Serf does the
 gossip and the failure detection (SWIM, ``lan`` profile: a kill -9'd member is marked
 failed in about 5 s); it elects nothing: see ``cluster.election``.
+
+The agent never outlives its node: on Linux it gets SIGTERM when the node dies (even by
+kill -9), and a node that starts finds the agent a previous run left behind (by the pid
+file in its state directory) and stops it first. An orphaned agent kept gossiping a dead
+node as alive with its last tags (a killed master's role and epoch); the restarted node's
+own agent could not bind its port, and its tag updates went to the orphan.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +36,37 @@ SERF = shutil.which("serf") or "/usr/bin/serf"
 
 class SerfError(RuntimeError):
     pass
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Ask the kernel to SIGTERM this child when the process that forked it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def _agent_argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _stop_pid(pid: int, timeout: float = 5.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -102,8 +145,32 @@ class SerfAgent:
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
         return f"{host}:{self.port}"
 
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "serf.pid"
+
+    def _snapshot_arg(self) -> str:
+        return f"-snapshot={self.state_dir / 'serf.snapshot'}"
+
+    def stop_leftover(self) -> bool:
+        """Stop the agent a previous run of this node left running (its node was killed
+        before it could stop it). Returns whether there was one."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        argv = _agent_argv(pid)
+        # The pid may have been reused: only an agent of this node, with this state, is ours.
+        if pid == os.getpid() or "agent" not in argv or self._snapshot_arg() not in argv:
+            return False
+        log.warning("stopping serf agent %d left behind by an earlier run of %s", pid, self.node)
+        _stop_pid(pid)
+        return True
+
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.proc is None:
+            self.stop_leftover()
         argv = [
             SERF,
             "agent",
@@ -111,7 +178,7 @@ class SerfAgent:
             f"-bind={self._bind_address()}",
             f"-rpc-addr={self.rpc}",
             f"-profile={self.profile}",
-            f"-snapshot={self.state_dir / 'serf.snapshot'}",
+            self._snapshot_arg(),
             "-rejoin",
             "-retry-interval=2s",
             "-log-level=warn",
@@ -122,11 +189,18 @@ class SerfAgent:
             argv.append(f"-retry-join={seed}")
         log_file = open(self.state_dir / "serf.log", "ab")  # noqa: SIM115 - owned by the child
         try:
-            self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         except OSError as exc:
             raise SerfError(f"cannot start serf ({SERF}): {exc.strerror or exc}") from None
         finally:
             log_file.close()
+        with contextlib.suppress(OSError):
+            self.pid_file.write_text(f"{self.proc.pid}\n")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -160,8 +234,8 @@ class SerfAgent:
         changed = {k: v for k, v in tags.items() if self.tags.get(k) != v}
         if not changed:
             return
-        self.tags.update(changed)
         self._cli("tags", *[f"-set={k}={v}" for k, v in changed.items()])
+        self.tags.update(changed)  # only once the agent has them: a failed call is retried
 
     def join(self, address: str) -> None:
         self._cli("join", address, timeout=10.0)
@@ -177,6 +251,8 @@ class SerfAgent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.pid_file.unlink()
 
     def status(self) -> dict[str, Any]:
         return {"node": self.node, "alive": self.alive(), "restarts": self.restarts, "rpc": self.rpc}
