@@ -17,20 +17,22 @@ from tests.support.mariadb import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def make_agent(state: Path, name: str = "n", tags: dict[str, str] | None = None, **ports: int) -> SerfAgent:
+    """An agent on loopback with its own ports (never serf's default RPC port 7373)."""
+    return SerfAgent(
+        node=name,
+        bind="127.0.0.1",
+        port=ports.get("port") or free_port(),
+        rpc_port=ports.get("rpc_port") or free_port(),
+        seeds=[],
+        tags=tags if tags is not None else {"role": "slave"},
+        state_dir=state / name,
+    )
+
+
 @pytest.fixture
 def agents(tmp_path: Path) -> Iterator[tuple[SerfAgent, SerfAgent]]:
-    pair = tuple(
-        SerfAgent(
-            node=name,
-            bind="127.0.0.1",
-            port=free_port(),
-            rpc_port=free_port(),  # never serf's default 7373
-            seeds=[],
-            tags={"role": "slave"},
-            state_dir=tmp_path / name,
-        )
-        for name in ("one", "two")
-    )
+    pair = tuple(make_agent(tmp_path, name) for name in ("one", "two"))
     try:
         for agent in pair:
             agent.start()
@@ -106,7 +108,7 @@ def test_a_restarted_node_stops_the_agent_its_previous_run_left(tmp_path: Path) 
     ports = {"port": free_port(), "rpc_port": free_port()}
 
     def make(role: str) -> SerfAgent:
-        return SerfAgent(node="n", bind="127.0.0.1", seeds=[], tags={"role": role}, state_dir=tmp_path / "n", **ports)
+        return make_agent(tmp_path, tags={"role": role}, **ports)
 
     old = make("master")
     old.start()
@@ -133,15 +135,7 @@ def test_a_pid_file_naming_another_process_is_left_alone(tmp_path: Path) -> None
     try:
         (tmp_path / "n").mkdir()
         (tmp_path / "n" / "serf.pid").write_text(f"{other.pid}\n")
-        agent = SerfAgent(
-            node="n",
-            bind="127.0.0.1",
-            port=free_port(),
-            rpc_port=free_port(),
-            seeds=[],
-            tags={},
-            state_dir=tmp_path / "n",
-        )
+        agent = make_agent(tmp_path)
         assert agent.stop_leftover() is False
         assert other.poll() is None
     finally:
@@ -150,15 +144,7 @@ def test_a_pid_file_naming_another_process_is_left_alone(tmp_path: Path) -> None
 
 
 def test_tags_the_agent_refused_are_sent_again(tmp_path: Path) -> None:
-    agent = SerfAgent(
-        node="n",
-        bind="127.0.0.1",
-        port=free_port(),
-        rpc_port=free_port(),
-        seeds=[],
-        tags={"role": "standby"},
-        state_dir=tmp_path / "n",
-    )
+    agent = make_agent(tmp_path, tags={"role": "standby"})
     # Not started: the CLI fails, and the change must not be recorded as applied.
     with pytest.raises(SerfError):
         agent.set_tags(role="master")
