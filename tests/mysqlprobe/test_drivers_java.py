@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,9 @@ pytestmark = [pytest.mark.mariadb, pytest.mark.live]
 CONNECTOR_J = "/usr/share/java/mariadb-java-client.jar"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MariaDB]:
-    server = drivers.driver_server()
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
 def test_connector_j_server_prepared_and_batches_equal_the_server(
-    server: MariaDB, tmp_path: Path, compress: bool
+    driver_server: MariaDB, tmp_path: Path, compress: bool
 ) -> None:
     classes = tmp_path / "classes"
     source = drivers.DRIVERS / "java" / "Workload.java"
@@ -39,7 +29,7 @@ def test_connector_j_server_prepared_and_batches_equal_the_server(
     argv = ["java", "-cp", f"{CONNECTOR_J}:{classes}", "Workload"]
     env = {"DRIVER_COMPRESS": "1" if compress else "0"}
     name = f"java-connector-j{'-compressed' if compress else ''}"
-    run = drivers.run_driver(server, name, argv, tmp_path, env=env)
+    run = drivers.run_driver(driver_server, name, argv, tmp_path, env=env)
     drivers.assert_exact(run)
     # the pipelined batch: 300 executes written before any response is read
     assert sum(t.commands["Execute"] for t in run.server.values()) >= 300

@@ -4,7 +4,6 @@ capture must equal the server's own accounting per template and command."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,12 @@ from tests.support.mariadb import MariaDB
 pytestmark = [pytest.mark.mariadb, pytest.mark.live]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MariaDB]:
-    server = drivers.driver_server()
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
-def test_dbd_mariadb_server_prepare_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
+def test_dbd_mariadb_server_prepare_equals_the_server(driver_server: MariaDB, tmp_path: Path, compress: bool) -> None:
     workload = str(drivers.DRIVERS / "perl" / "dbd_mariadb_workload.pl")
     env = {"DRIVER_COMPRESS": "1" if compress else "0"}
     name = f"perl-dbd-mariadb{'-compressed' if compress else ''}"
-    run = drivers.run_driver(server, name, ["perl", workload], tmp_path, env=env)
+    run = drivers.run_driver(driver_server, name, ["perl", workload], tmp_path, env=env)
     drivers.assert_exact(run)
     assert sum(t.commands["Execute"] for t in run.server.values()) > 100
 

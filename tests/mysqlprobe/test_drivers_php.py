@@ -5,7 +5,6 @@ command."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,35 +16,26 @@ pytestmark = [pytest.mark.mariadb, pytest.mark.live]
 PHP = ["php", "-d", "memory_limit=512M"]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MariaDB]:
-    server = drivers.driver_server()
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
 COMPRESSION = pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
 
 
-def run_php(server: MariaDB, tmp_path: Path, driver: str, compress: bool) -> drivers.DriverRun:
+def run_php(driver_server: MariaDB, tmp_path: Path, driver: str, compress: bool) -> drivers.DriverRun:
     workload = str(drivers.DRIVERS / "php" / f"{driver}_workload.php")
     env = {"DRIVER_COMPRESS": "1" if compress else "0"}
     name = f"php-{driver}{'-compressed' if compress else ''}"
-    return drivers.run_driver(server, name, [*PHP, workload], tmp_path, env=env)
+    return drivers.run_driver(driver_server, name, [*PHP, workload], tmp_path, env=env)
 
 
 @COMPRESSION
-def test_mysqli_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
-    run = run_php(server, tmp_path, "mysqli", compress)
+def test_mysqli_equals_the_server(driver_server: MariaDB, tmp_path: Path, compress: bool) -> None:
+    run = run_php(driver_server, tmp_path, "mysqli", compress)
     drivers.assert_exact(run)
     assert run.server[drivers.admin_key("Long Data")].commands["Long Data"] == 4
 
 
 @COMPRESSION
-def test_pdo_server_side_prepares_equal_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
-    run = run_php(server, tmp_path, "pdo", compress)
+def test_pdo_server_side_prepares_equal_the_server(driver_server: MariaDB, tmp_path: Path, compress: bool) -> None:
+    run = run_php(driver_server, tmp_path, "pdo", compress)
     drivers.assert_exact(run)
     assert sum(t.commands["Execute"] for t in run.server.values()) > 100
 

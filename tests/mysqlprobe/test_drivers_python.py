@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,13 @@ from tests.support.mariadb import MariaDB
 pytestmark = [pytest.mark.mariadb, pytest.mark.live]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MariaDB]:
-    server = drivers.driver_server()
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
-def test_connector_python_equals_the_server(server: MariaDB, tmp_path: Path, compress: bool) -> None:
+def test_connector_python_equals_the_server(driver_server: MariaDB, tmp_path: Path, compress: bool) -> None:
     # prepared cursors send execute by statement id -1; executemany is COM_STMT_BULK_EXECUTE
     workload = str(drivers.DRIVERS / "python" / "mariadb_workload.py")
     env = {"DRIVER_COMPRESS": "1" if compress else "0"}
     name = f"py-mariadb{'-compressed' if compress else ''}"
-    run = drivers.run_driver(server, name, [sys.executable, workload], tmp_path, env=env)
+    run = drivers.run_driver(driver_server, name, [sys.executable, workload], tmp_path, env=env)
     drivers.assert_exact(run)
     assert sum(t.commands["Bulk_execute"] for t in run.server.values()) == 2
 
