@@ -1,4 +1,5 @@
-"""The optional C extension (``probe._cdecode``); everything else is in pyproject.toml.
+"""The optional C extensions (``probe._cdecode``, ``probe._cresponses``); everything else is in
+pyproject.toml.
 
 Built when a C compiler and the Python headers are there; without them the build says why
 once and installs the pure-Python engine (``probe/native.py`` picks at import).
@@ -37,6 +38,9 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("probe._cdecode", ["probe/_cdecode.c"])],
+    ext_modules=[
+        Extension("probe._cdecode", ["probe/_cdecode.c"]),
+        Extension("probe._cresponses", ["probe/_cresponses.c"]),
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

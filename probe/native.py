@@ -1,10 +1,12 @@
 """Which implementation of the hot per-packet functions runs: compiled or pure Python.
 
-The aio-libs pattern: ``probe/_cdecode.c`` is built by setuptools when a C compiler is
-there and skipped when not; the pure-Python functions stay as fallback and as the oracle
-the compiled ones are tested against. ``MYSQLPROBE_NO_EXTENSIONS=1`` forces the pure
-engine (an empty value or ``0`` does not). ``ENGINE`` names the one in use ("compiled" or
-"pure"); reports and ``/status`` show it.
+The aio-libs pattern: ``probe/_cdecode.c`` (frame decoder, batch loops) and
+``probe/_cresponses.c`` (the server packet walker of ``probe.mysql.responses``) are built
+by setuptools when a C compiler is there and skipped when not; the pure-Python functions
+stay as fallback and as the oracle the compiled ones are tested against. Both modules are
+used or neither. ``MYSQLPROBE_NO_EXTENSIONS=1`` forces the pure engine (an empty value or
+``0`` does not). ``ENGINE`` names the one in use ("compiled" or "pure"); reports and
+``/status`` show it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 from probe.decode import DecodeCounters, Segment, decode_batch, make_decoder
 from probe.shard import Sharder, sharded_batch
@@ -22,18 +24,26 @@ def _wanted() -> bool:
     return os.environ.get("MYSQLPROBE_NO_EXTENSIONS", "") in ("", "0")
 
 
-def _load() -> ModuleType | None:
+def _load() -> tuple[ModuleType, ModuleType] | tuple[None, None]:
     if not _wanted():
-        return None
+        return None, None
     try:
-        from probe import _cdecode
+        from probe import _cdecode, _cresponses
     except ImportError:  # not built: no compiler at install time
-        return None
-    return _cdecode
+        return None, None
+    return _cdecode, _cresponses
 
 
-cdecode: ModuleType | None = _load()
+cdecode, cresponses = _load()
 ENGINE = "compiled" if cdecode is not None else "pure"
+
+#: Outcomes of the server walker (``probe._cresponses.walk``): Python's loop goes on at the
+#: returned position, the response ended there, or the data ended inside a packet.
+WALK_STOP, WALK_DONE, WALK_SKIP = 0, 1, 2
+#: ``walk(conv, cmd, data, pos) -> (outcome, pos, status, warnings)``; None: pure engine.
+server_walker: Callable[[Any, Any, bytes, int], tuple[int, int, int, int]] | None = (
+    cresponses.walk if cresponses is not None else None
+)
 
 
 class FrameDecoder(Protocol):

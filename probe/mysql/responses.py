@@ -12,6 +12,7 @@ Resultset", "OK_Packet", "ERR_Packet", "EOF_Packet" pages.
 
 from __future__ import annotations
 
+from probe import native
 from probe.mysql import constants as c
 from probe.mysql import packets as p
 from probe.mysql.events import TO_CLIENT, ReplicationStream, ServerError
@@ -43,6 +44,10 @@ from probe.mysql.state import (
 
 #: Longest plausible server greeting: a packet announced longer than this is not MySQL.
 _MAX_GREETING = 1 << 12
+
+
+WALK_DONE = native.WALK_DONE
+WALK_SKIP = native.WALK_SKIP
 
 
 class Responses(Requests):
@@ -119,7 +124,22 @@ class Responses(Requests):
         cmd = pending[0] if pending else None
         if cmd is not None and not cmd.first_ns:
             cmd.first_ns = ts
+        walk = self._walk
         while n - pos >= 4:
+            if walk is not None and cmd is not None:
+                # The compiled walker takes the packets the branches below take inline and
+                # stops where Python has more to do (probe/_cresponses.c).
+                outcome, pos, status, warnings = walk(self, cmd, data, pos)
+                if outcome == WALK_DONE:
+                    pending.popleft()
+                    self.pending_bytes -= cmd.cost
+                    self._emit(cmd, ts, None, status, warnings)
+                    cmd = self._next_command(ts)
+                    continue
+                if outcome == WALK_SKIP:
+                    return
+                if n - pos < 4:
+                    break
             length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
             end = pos + 4 + length
             if self._s_cont or not length:
@@ -164,8 +184,10 @@ class Responses(Requests):
                                 pos = end - length - 4
                                 continue
                         length = following
-                        if data[pos + 4] >= 0xFE and length != 0xFFFFFF:
-                            end = pos  # the terminator: left for the code below
+                        if (data[pos + 4] >= 0xFE and length != 0xFFFFFF) or not length:
+                            # The terminator, or an empty packet (never a row: the
+                            # continuation branch above takes it): left for the code below.
+                            end = pos
                             break
                         end = pos + 4 + length
                         rows += 1

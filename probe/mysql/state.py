@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from probe import native
 from probe.mysql import packets as p
 from probe.mysql.compression import Inflater
 from probe.mysql.events import (
@@ -248,6 +249,9 @@ class ConnectionState:
         self._s_inflate: Inflater | None = None
         self._server_ack: int | None = None  # how far the server has read the client stream
         self._login: Request | None = None
+        # The compiled walker of the server packets ``Responses._server_plain`` parses
+        # inline, or None: the pure engine (tests set it per connection to run both).
+        self._walk = native.server_walker
 
     @staticmethod
     def _new_events() -> list[Event]:

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 
 from tests.support import workload
 from tests.support.mariadb import MariaDB
+from tests.support.native import need_compiled
 from tests.support.recorder import LoopbackRecorder
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.live]
@@ -53,12 +54,13 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         server.destroy()
 
 
-def replay(*args: str) -> subprocess.CompletedProcess[str]:
+def replay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mysqlprobe.cli", "replay", *args],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -104,6 +106,23 @@ def test_workers_do_not_change_the_report(recorded: Recorded) -> None:
     for doc in (one, two):
         doc.pop("analysis")
     assert json.dumps(one, separators=(",", ":")) == json.dumps(two, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_compiled_and_pure_engines_print_the_same_document(recorded: Recorded, workers: str) -> None:
+    """Real traffic (text, prepared and compressed) through each engine: byte for byte the
+    same document, timing fields included; only the ``analysis`` block (the run: its time,
+    which engine) differs."""
+    need_compiled()
+    docs = {}
+    for engine, value in (("pure", "1"), ("compiled", "0")):
+        args = (str(recorded.path), "--port", str(recorded.port), "--format", "json", "--workers", workers)
+        result = replay(*args, "--slow-ms", "0.5", env={"MYSQLPROBE_NO_EXTENSIONS": value})
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc.pop("analysis")["engine"] == engine
+        docs[engine] = json.dumps(doc, separators=(",", ":"))
+    assert docs["compiled"] == docs["pure"]
 
 
 def test_gzip_capture_and_table_output(recorded: Recorded, tmp_path: Path) -> None:

@@ -111,13 +111,16 @@ class DriverRun:
     output: str
     one_worker: str  # the replay documents as printed, for --workers 1 and 2
     two_workers: str
+    pure_engine: str  # --workers 1 with the pure-Python engine (MYSQLPROBE_NO_EXTENSIONS=1)
 
     def assert_workers_agree(self) -> None:
-        """Replay's document is the same, byte for byte, for one and for two workers."""
+        """Replay's document is the same, byte for byte, for one and for two workers, and
+        for the pure engine as for the one loaded (compiled when built)."""
         assert without_analysis(self.one_worker) == without_analysis(self.two_workers), self.name
+        assert without_analysis(self.pure_engine) == without_analysis(self.one_worker), self.name
 
 
-def replay_text(path: Path, port: int, *extra: str) -> str:
+def replay_text(path: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> str:
     """``mysqlprobe replay --format json`` of a capture, as printed."""
     result = subprocess.run(
         [sys.executable, "-m", "mysqlprobe.cli", "replay", str(path), "--port", str(port), "--format", "json", *extra],
@@ -125,6 +128,7 @@ def replay_text(path: Path, port: int, *extra: str) -> str:
         text=True,
         timeout=300,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -181,7 +185,8 @@ def run_driver(
         os.makedirs(keep, exist_ok=True)
         shutil.copy(capture, os.path.join(keep, capture.name))
     one, two = (replay_text(capture, server.port, "--workers", str(n)) for n in (1, 2))
-    return DriverRun(name, capture, server.port, reference, logins, json.loads(two), result.stdout, one, two)
+    pure = replay_text(capture, server.port, "--workers", "1", env={"MYSQLPROBE_NO_EXTENSIONS": "1"})
+    return DriverRun(name, capture, server.port, reference, logins, json.loads(two), result.stdout, one, two, pure)
 
 
 def admin_key(command: str) -> str:
