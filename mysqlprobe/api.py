@@ -2,7 +2,10 @@
 
 Owns the parameters and answers of these endpoints: every bad parameter is a 400 with a
 reason, an unknown trace id a 404, a wrong method a 405, all as JSON; lists are ``[]``
-when empty; scan limits are capped rather than refused.
+when empty; scan limits are capped rather than refused. Slow samples carry SQL text: with
+a token set, /events/query and /events/scan need it (``server.check_read``: unless
+``websocket.opensubscribers``), /events/delete always does; /events/status and
+/api/metrics/* are counts and node-level numbers (what /status shows) and stay open.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from aiohttp import web
 
 from cluster.metrics import MetricsStore
 from cluster.traces import MAX_SCAN_LIMIT, TraceStore
-from mysqlprobe.server import HTTPProblem, check_token, request_params
+from mysqlprobe.server import HTTPProblem, check_read, check_token, request_params
 
 #: Largest values taken (beyond them the arithmetic in ns/us overflows or means nothing).
 MAX_SECONDS = 1e11  # a window or a time since the epoch: about 3,000 years
@@ -55,10 +58,13 @@ def _integer(params: dict[str, str], name: str, default: int, low: int) -> int:
 
 
 class StoresAPI:
-    def __init__(self, traces: TraceStore, metrics: MetricsStore, token: Callable[[], str]) -> None:
+    def __init__(
+        self, traces: TraceStore, metrics: MetricsStore, token: Callable[[], str], *, open_read: bool = False
+    ) -> None:
         self.traces = traces
         self.metrics = metrics
         self.token = token
+        self.open_read = open_read
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/events/query", self.query)
@@ -76,6 +82,7 @@ class StoresAPI:
         return trace_id
 
     async def query(self, request: web.Request) -> web.Response:
+        check_read(request, self.token(), self.open_read)
         trace_id = self._trace_id(dict(request.query))
         event = self.traces.get(trace_id, time.time_ns())
         if event is None:
@@ -92,6 +99,7 @@ class StoresAPI:
         return web.json_response({"deleted": trace_id})
 
     async def scan(self, request: web.Request) -> web.Response:
+        check_read(request, self.token(), self.open_read)
         params = dict(request.query)
         cursor = _integer(params, "cursor", 0, 0)
         limit = min(_integer(params, "limit", 100, 1), MAX_SCAN_LIMIT)

@@ -32,7 +32,7 @@ from typing import Any
 import sqlparse
 from aiohttp import web
 
-from mysqlprobe.server import CollectorHub, HTTPProblem, token_offered
+from mysqlprobe.server import CollectorHub, HTTPProblem, check_read
 
 #: The page's scripts, in load order.
 SCRIPTS = ("snappy.js", "model.js", "view.js", "history.js", "app.js")
@@ -92,9 +92,9 @@ def report_html(doc: dict[str, Any]) -> str:
 
 class Dashboard:
     """The live page and its endpoints, over a node's /collector hub. The report endpoints
-    follow /collector's rule: with a token set they need it, unless subscribers that only
-    read are let in without it (``websocket.opensubscribers``); the page passes its own
-    ``?token=`` on."""
+    follow the node's read rule (``server.check_read``): with a token set they need it,
+    unless readers are let in without it (``websocket.opensubscribers``); the page itself
+    holds no data and is open, and it passes its own ``?token=`` on."""
 
     def __init__(self, hub: CollectorHub, title: str, token: Callable[[], str] = lambda: "") -> None:
         self.hub = hub
@@ -111,8 +111,7 @@ class Dashboard:
         return web.Response(text=self.html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     def _may_read(self, request: web.Request) -> None:
-        if not self.hub.open_read and not token_offered(request, self.token()):
-            raise HTTPProblem(401, f"{request.path} needs the configured token, as /collector does")
+        check_read(request, self.token(), self.hub.open_read)
 
     async def last(self, request: web.Request) -> web.Response:
         self._may_read(request)

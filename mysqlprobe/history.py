@@ -10,7 +10,9 @@ Owns the wiring of ``cluster.history`` into a node and the user-facing rules:
   down is retried at the next report; its error is in /status.
 - ``HistoryAPI``: ``GET /api/history/top``, ``/api/history/series``, ``/api/history/template``
   (shapes in README "Query history"). Times are unix seconds, ISO 8601 or relative
-  (``now``, ``-15m``, ``-2h``, ``-7d``); bad ones are 400 with a reason.
+  (``now``, ``-15m``, ``-2h``, ``-7d``); bad ones are 400 with a reason. They answer
+  template texts: with a token set they need it (``server.check_read``: unless
+  ``websocket.opensubscribers``).
 - ``history_command``: ``mysqlprobe history top`` on a state directory or a DSN.
 """
 
@@ -36,7 +38,7 @@ from cluster.history.plan import HOUR_NS, MINUTE_NS
 from cluster.history.store import ORDERS
 from message.report import SchemaError, TemplateStats
 from mysqlprobe.config import HistoryConfig
-from mysqlprobe.server import HTTPProblem
+from mysqlprobe.server import HTTPProblem, check_read
 
 SQLITE_NAME = "history.sqlite3"
 MAX_PENDING_WRITES = 16
@@ -228,15 +230,20 @@ class HistoryService:
 class HistoryAPI:
     """/api/history/*: answers from the node's history store."""
 
-    def __init__(self, service: HistoryService | None) -> None:
+    def __init__(
+        self, service: HistoryService | None, token: Callable[[], str] = lambda: "", *, open_read: bool = False
+    ) -> None:
         self.service = service
+        self.token = token
+        self.open_read = open_read
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/api/history/top", self.top)
         app.router.add_get("/api/history/series", self.series)
         app.router.add_get("/api/history/template", self.template)
 
-    def _service(self) -> HistoryService:
+    def _service(self, request: web.Request) -> HistoryService:
+        check_read(request, self.token(), self.open_read)
         if self.service is None:
             raise HTTPProblem(404, "this node keeps no history (history.mode is off)")
         return self.service
@@ -262,7 +269,7 @@ class HistoryAPI:
         return {name: params.get(name) or None for name in ("server", "db", "user")}
 
     async def top(self, request: web.Request) -> web.Response:
-        service = self._service()
+        service = self._service(request)
         params = dict(request.query)
         start, end = self._range(params, time.time_ns())
         order = params.get("order") or "load"
@@ -281,7 +288,7 @@ class HistoryAPI:
         return web.json_response(answer)
 
     async def series(self, request: web.Request) -> web.Response:
-        service = self._service()
+        service = self._service(request)
         params = dict(request.query)
         key = params.get("key", "").strip()
         if not key:
@@ -304,7 +311,7 @@ class HistoryAPI:
         return web.json_response(answer)
 
     async def template(self, request: web.Request) -> web.Response:
-        service = self._service()
+        service = self._service(request)
         key = request.query.get("key", "").strip()
         if not key:
             raise HTTPProblem(400, "key: expected a template key")

@@ -165,6 +165,7 @@ class MasterNode(BaseNode):
 
     async def totals(self, request: web.Request) -> web.Response:
         """Everything merged since the master's state began (kept across restarts)."""
+        self.check_read(request)  # template texts and slow samples
         return web.json_response(self.merger.cumulative_report())
 
     async def start(self) -> None:

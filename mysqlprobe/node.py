@@ -46,6 +46,7 @@ from mysqlprobe.prometheus import NodeMetrics
 from mysqlprobe.server import (
     CollectorHub,
     HTTPProblem,
+    check_read,
     check_token,
     errors_as_json,
     parse_int,
@@ -157,7 +158,9 @@ class BaseNode:
         self.metrics = MetricsStore(
             retention_ns=config.metrics.retentions * 10**9, max_samples=config.metrics.maxsamples
         )
-        self.api = StoresAPI(self.traces, self.metrics, lambda: self.config.token)
+        self.api = StoresAPI(
+            self.traces, self.metrics, lambda: self.config.token, open_read=config.websocket.opensubscribers
+        )
         self.history: HistoryService | None = None
         if config.history.mode != "off":
             self.history = HistoryService(config.history, state, config.interval, master_capable=self.master_capable)
@@ -257,7 +260,7 @@ class BaseNode:
         self.clustering.routes(app)
         self.api.routes(app)
         Dashboard(self.hub, f"mysqlprobe {self.name}", lambda: self.config.token).routes(app)
-        HistoryAPI(self.history).routes(app)
+        HistoryAPI(self.history, lambda: self.config.token, open_read=self.config.websocket.opensubscribers).routes(app)
         return app
 
     async def run(self) -> None:
@@ -369,7 +372,13 @@ class BaseNode:
             depths["otlp"] = len(self.otlp.queue)
         return depths
 
+    def check_read(self, request: web.Request) -> None:
+        """A read of SQL-bearing data: the token when one is set, unless readers may come
+        in without it (``websocket.opensubscribers``)."""
+        check_read(request, self.config.token, self.config.websocket.opensubscribers)
+
     async def metrics_text(self, request: web.Request) -> web.Response:
+        self.check_read(request)  # the _info series carry template texts
         body, content_type = self.prometheus.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
 

@@ -11,12 +11,16 @@ Owns serving reports to subscribers and the HTTP rules of the API:
   counted: a slow reader never grows the node's memory. What a subscriber sends is bounded
   apart (``max_inbound``, 64 KiB): a larger message closes its connection (counted).
 - Errors are JSON ``{"error": reason}`` with 400 (bad parameter), 401 (token), 404, 405.
-- Endpoints that change state need the configured token (``Authorization: Bearer T``,
-  ``X-Mysqlprobe-Token: T`` or ``?token=T``) when one is set. On ``/collector`` that is
-  every control message (a master's hello, an acknowledgement): with a token set, the
-  websocket handshake must carry it, unless ``open_read`` lets subscribers that only read
-  in without it (their control messages are then refused). A bad control message is
-  counted and answered with a reason; an unauthenticated one also closes the connection.
+- The token rule, one for every endpoint (``check_token``, ``check_read``): with no token
+  configured everything is open. With one (``Authorization: Bearer T``,
+  ``X-Mysqlprobe-Token: T`` or ``?token=T``), what changes state always needs it, and a
+  read of SQL-bearing data (template texts, slow samples, traces) needs it unless
+  ``open_read`` (``websocket.opensubscribers``) lets readers in without it; node health
+  and membership (/status, /cluster/listnodes) stay open. A 401 says whether a token was
+  missing or wrong, never what was offered. On ``/collector`` the handshake is the read;
+  every control message (a master's hello, an acknowledgement) changes state and needs
+  the token (in the handshake or in the message). A bad control message is counted and
+  answered with a reason; an unauthenticated one also closes the connection.
   Acknowledgements only remove this node's own reports; epochs are integers from 0 to
   ``MAX_EPOCH``.
 """
@@ -52,32 +56,43 @@ DEFAULT_MAX_INBOUND = 64 << 10
 
 
 class HTTPProblem(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = dict(headers or {})
 
 
-def problem(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+def problem(status: int, reason: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+#: How a client offers the token (said in every 401).
+TOKEN_WAYS = "Authorization: Bearer T, X-Mysqlprobe-Token: T or ?token=T"
+#: What a 401 asks for (RFC 9110: a 401 names its scheme).
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mysqlprobe"'}
+
+
+def _offered(request: web.Request) -> str:
+    """The token a request carries ("" when none); 400 when a header byte is not UTF-8."""
+    offered = (
+        request.headers.get("X-Mysqlprobe-Token")
+        or request.query.get("token")
+        or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    )
+    try:
+        offered.encode()
+    except UnicodeEncodeError:  # a header byte that is not UTF-8 (aiohttp keeps it as a surrogate)
+        raise HTTPProblem(400, "the token is not valid UTF-8") from None
+    return offered
 
 
 def token_offered(request: web.Request, token: str) -> bool:
     """Whether the request carries ``token`` (always true when no token is configured)."""
     if not token:
         return True
-    offered = (
-        request.headers.get("X-Mysqlprobe-Token")
-        or request.query.get("token")
-        or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    )
-    if not offered:
-        return False
-    try:
-        offered_bytes = offered.encode()
-    except UnicodeEncodeError:  # a header byte that is not UTF-8 (aiohttp keeps it as a surrogate)
-        raise HTTPProblem(400, "the token is not valid UTF-8") from None
-    return hmac.compare_digest(offered_bytes, token.encode())
+    offered = _offered(request)
+    return bool(offered) and hmac.compare_digest(offered.encode(), token.encode())
 
 
 def same_token(offered: object, token: str) -> bool:
@@ -87,9 +102,27 @@ def same_token(offered: object, token: str) -> bool:
     return hmac.compare_digest(offered.encode("utf-8", "surrogatepass"), token.encode())
 
 
+def require_token(request: web.Request, token: str, what: str) -> None:
+    """401 unless the request carries ``token`` (nothing to check when none is configured).
+    The reason says whether a token was missing or wrong, never what was offered."""
+    if token_offered(request, token):
+        return
+    why = "no token was offered" if not _offered(request) else "the token offered is not the configured one"
+    raise HTTPProblem(401, f"{what} needs the configured token: {why} ({TOKEN_WAYS})", CHALLENGE)
+
+
 def check_token(request: web.Request, token: str) -> None:
-    if not token_offered(request, token):
-        raise HTTPProblem(401, "this endpoint needs the configured token")
+    """An endpoint that changes state: with a token configured, always needs it."""
+    require_token(request, token, "this endpoint")
+
+
+def check_read(request: web.Request, token: str, open_read: bool) -> None:
+    """A read of SQL-bearing data (template texts, slow samples, traces): with a token
+    configured it needs it, unless ``open_read`` (``websocket.opensubscribers``) lets
+    readers in without it, as /collector does."""
+    if open_read:
+        return
+    require_token(request, token, request.path)
 
 
 @dataclass(eq=False)  # identity: subscribers live in a set
@@ -234,8 +267,8 @@ class CollectorHub:
         if not ws.can_prepare(request).ok:
             raise HTTPProblem(400, "/collector is a websocket endpoint")
         authenticated = token_offered(request, self.token())
-        if not authenticated and not self.open_read:
-            raise HTTPProblem(401, "/collector needs the configured token")
+        if not authenticated:
+            check_read(request, self.token(), self.open_read)
         await ws.prepare(request)
         sub = _Subscriber(ws, asyncio.Queue(self.max_queue), OrderedDict(), request.remote or "?")
         sub.authenticated = authenticated
@@ -437,7 +470,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except HTTPProblem as exc:
-        return problem(exc.status, exc.reason)
+        return problem(exc.status, exc.reason, exc.headers)
     except web.HTTPMethodNotAllowed as exc:
         return problem(405, f"{request.method} is not allowed here (allowed: {', '.join(sorted(exc.allowed_methods))})")
     except web.HTTPNotFound:

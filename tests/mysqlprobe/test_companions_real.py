@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
@@ -118,6 +119,13 @@ def test_trace_store_endpoints(tmp_path: Path) -> None:
         node_config(server, slowthresholdms=50, token="tt", traces={"ttls": 4, "maxevents": 5, "maxmb": 1}),
         "traces",
     ).start()
+    auth = {"X-Mysqlprobe-Token": "tt"}  # slow samples carry SQL: with a token set, reading them needs it
+
+    def get(path: str) -> Any:
+        status, answer = node.request(path, headers=auth)
+        assert status == 200, (path, status, answer)
+        return answer
+
     try:
         conn = pymysql.connect(host="127.0.0.1", port=server.port, user="root")
         with conn.cursor() as cur:
@@ -125,20 +133,20 @@ def test_trace_store_endpoints(tmp_path: Path) -> None:
                 cur.execute(f"SELECT SLEEP(0.{i + 1}) AS s{i}")
                 cur.fetchall()
         deadline = time.monotonic() + 20
-        while node.get("/events/scan")["events"].__len__() < 3 and time.monotonic() < deadline:
+        while len(get("/events/scan")["events"]) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
-        page = node.get("/events/scan?limit=2")
+        page = get("/events/scan?limit=2")
         assert len(page["events"]) == 2
-        rest = node.get(f"/events/scan?cursor={page['cursor']}")
+        rest = get(f"/events/scan?cursor={page['cursor']}")
         assert len(rest["events"]) == 1  # a stable cursor: nothing twice, nothing skipped
         events = page["events"] + rest["events"]
         assert all(e["trace_id"].startswith("traces.") for e in events)
         slowest = max(events, key=lambda e: e["latency_us"])
         assert slowest["latency_us"] >= 300_000 and "SLEEP" in slowest["sql"]
-        assert node.get(f"/events/query?trace_id={slowest['trace_id']}")["trace_id"] == slowest["trace_id"]
-        assert [e["trace_id"] for e in node.get("/events/scan?min_latency_ms=250")["events"]] == [slowest["trace_id"]]
-        assert node.get(f"/events/scan?key={slowest['key']}")["events"]
-        assert node.get(f"/events/scan?since={time.time() + 60}")["events"] == []
+        assert get(f"/events/query?trace_id={slowest['trace_id']}")["trace_id"] == slowest["trace_id"]
+        assert [e["trace_id"] for e in get("/events/scan?min_latency_ms=250")["events"]] == [slowest["trace_id"]]
+        assert get(f"/events/scan?key={slowest['key']}")["events"]
+        assert get(f"/events/scan?since={time.time() + 60}")["events"] == []
         # errors
         for path, code, reason in [
             ("/events/query", 400, "trace_id"),
@@ -148,14 +156,13 @@ def test_trace_store_endpoints(tmp_path: Path) -> None:
             ("/events/scan?cursor=-1", 400, "cursor"),
             ("/events/scan?min_latency_ms=x", 400, "min_latency_ms"),
         ]:
-            status, body = node.request(path)
+            status, body = node.request(path, headers=auth)
             assert status == code and reason in body["error"], (path, body)
-        assert node.get("/events/scan?limit=100000")["limit"] == 1000  # capped, not refused
+        assert get("/events/scan?limit=100000")["limit"] == 1000  # capped, not refused
         status, body = node.request(f"/events/delete?trace_id={slowest['trace_id']}")
         assert status == 405
         status, body = node.request(f"/events/delete?trace_id={slowest['trace_id']}", method="DELETE")
         assert status == 401
-        auth = {"X-Mysqlprobe-Token": "tt"}
         status, body = node.request(f"/events/delete?trace_id={slowest['trace_id']}", method="DELETE", headers=auth)
         assert status == 200
         status, body = node.request(f"/events/delete?trace_id={slowest['trace_id']}", method="DELETE", headers=auth)

@@ -91,7 +91,9 @@ names = st.sampled_from(
 @given(st.lists(st.tuples(paths, st.dictionaries(names, query_values, max_size=3)), min_size=1, max_size=8))
 def test_any_query_string(requests: list[tuple[str, dict[str, str]]]) -> None:
     raw = [
-        f"GET {path}?{urllib.parse.urlencode(query)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        # With the token: the reads of slow samples need it, and their parameters are the target.
+        f"GET {path}?{urllib.parse.urlencode(query)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"X-Mysqlprobe-Token: {TOKEN}\r\n\r\n".encode()
         for path, query in requests
     ]
     _check(asyncio.run(serve_and_send(raw)))

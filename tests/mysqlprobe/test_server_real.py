@@ -80,7 +80,7 @@ def test_hostile_http_requests_get_a_4xx_with_a_reason(tmp_path: Path) -> None:
             ("/events/scan?since=1e300", "largest accepted"),
             ("/events/scan?cursor=" + "9" * 5000, "cursor"),
         ]:
-            status, body = node.request(path)
+            status, body = node.request(path, headers={"X-Mysqlprobe-Token": "s3cret"})
             assert status == 400 and reason in body["error"], (path, status, body)
         broken = b"--zzz\r\nbroken part without headers end"
         multipart = (
