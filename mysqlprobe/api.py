@@ -5,7 +5,8 @@ reason, an unknown trace id a 404, a wrong method a 405, all as JSON; lists are 
 when empty; scan limits are capped rather than refused. Slow samples carry SQL text: with
 a token set, /events/query and /events/scan need it (``server.check_read``: unless
 ``websocket.opensubscribers``), /events/delete always does; /events/status and
-/api/metrics/* are counts and node-level numbers (what /status shows) and stay open.
+/api/metrics/* are counts and node-level numbers (what /status shows: no template, no
+SQL) and stay open.
 """
 
 from __future__ import annotations

@@ -136,9 +136,10 @@ class WebsocketConfig:
     """Largest message a /collector subscriber may send to this node (template requests,
     hello, ack), in bytes; a larger one closes that connection (counted)."""
     opensubscribers: bool = False
-    """With a token set: let /collector subscribers that only read in without it (a
-    master's hello and acknowledgements still need it). false: every /collector
-    connection needs the token."""
+    """With a token set: let readers of query data in without it (/collector subscribers
+    that only read, /metrics, /events/query|scan, /api/history/*, /api/dashboard/*,
+    /report/totals); a master's hello, acknowledgements and every endpoint that changes
+    state still need it. false: every one of them needs the token."""
 
 
 def _check_heartbeat_mode(value: str) -> str | None:
@@ -290,7 +291,11 @@ class Config:
     slowthresholdms: int = field(default=1000, metadata={"check": _check_non_negative})
     """Statements at least this slow (ms) are kept as slow samples."""
     token: str = ""
-    """Required by endpoints that change state, when set (or MYSQLPROBE_TOKEN)."""
+    """When set (or MYSQLPROBE_TOKEN): required by endpoints that change state, and by reads of
+    query data (templates, their statistics, slow samples: /collector, /metrics,
+    /events/query|scan, /api/history/*, /api/dashboard/*, /report/totals) unless
+    websocket.opensubscribers. Sent as Authorization: Bearer T, X-Mysqlprobe-Token: T or
+    ?token=T."""
     node: str = ""
     """This node's name in reports; empty means HOSTNAME:serverport."""
     redact: bool = False

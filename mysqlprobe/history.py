@@ -11,8 +11,8 @@ Owns the wiring of ``cluster.history`` into a node and the user-facing rules:
 - ``HistoryAPI``: ``GET /api/history/top``, ``/api/history/series``, ``/api/history/template``
   (shapes in README "Query history"). Times are unix seconds, ISO 8601 or relative
   (``now``, ``-15m``, ``-2h``, ``-7d``); bad ones are 400 with a reason. They answer
-  template texts: with a token set they need it (``server.check_read``: unless
-  ``websocket.opensubscribers``).
+  query data (template texts and per-template statistics): with a token set they need it
+  (``server.check_read``: unless ``websocket.opensubscribers``).
 - ``history_command``: ``mysqlprobe history top`` on a state directory or a DSN.
 """
 

@@ -373,12 +373,12 @@ class BaseNode:
         return depths
 
     def check_read(self, request: web.Request) -> None:
-        """A read of SQL-bearing data: the token when one is set, unless readers may come
-        in without it (``websocket.opensubscribers``)."""
+        """A read of query data (``server.check_read``): the token when one is set, unless
+        readers may come in without it (``websocket.opensubscribers``)."""
         check_read(request, self.config.token, self.config.websocket.opensubscribers)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        self.check_read(request)  # the _info series carry template texts
+        self.check_read(request)  # per-template series; the _info series carry template texts
         body, content_type = self.prometheus.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
 

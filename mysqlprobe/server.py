@@ -14,9 +14,10 @@ Owns serving reports to subscribers and the HTTP rules of the API:
 - The token rule, one for every endpoint (``check_token``, ``check_read``): with no token
   configured everything is open. With one (``Authorization: Bearer T``,
   ``X-Mysqlprobe-Token: T`` or ``?token=T``), what changes state always needs it, and a
-  read of SQL-bearing data (template texts, slow samples, traces) needs it unless
-  ``open_read`` (``websocket.opensubscribers``) lets readers in without it; node health
-  and membership (/status, /cluster/listnodes) stay open. A 401 says whether a token was
+  read of query data (templates: their texts and per-template statistics; slow samples)
+  needs it unless ``open_read`` (``websocket.opensubscribers``) lets readers in without
+  it; what a node says of itself (health, node-level counters, membership: /status,
+  /cluster/listnodes, /events/status, /api/metrics/*) stays open. A 401 says whether a token was
   missing or wrong, never what was offered. On ``/collector`` the handshake is the read;
   every control message (a master's hello, an acknowledgement) changes state and needs
   the token (in the handshake or in the message). A bad control message is counted and
@@ -117,9 +118,9 @@ def check_token(request: web.Request, token: str) -> None:
 
 
 def check_read(request: web.Request, token: str, open_read: bool) -> None:
-    """A read of SQL-bearing data (template texts, slow samples, traces): with a token
-    configured it needs it, unless ``open_read`` (``websocket.opensubscribers``) lets
-    readers in without it, as /collector does."""
+    """A read of query data (templates: their texts and per-template statistics; slow
+    samples): with a token configured it needs it, unless ``open_read``
+    (``websocket.opensubscribers``) lets readers in without it, as /collector does."""
     if open_read:
         return
     require_token(request, token, request.path)

@@ -33,6 +33,17 @@ from tests.support.nodes import Collector, Node, gossip_configs  # noqa: E402
 
 TOKEN = "doc-token"
 DOCS = ROOT / "docs"
+#: Examples that read query data: with a token set they need it (README "Security").
+QUERY_DATA = {
+    "events-scan",
+    "events-query",
+    "events-query-missing",
+    "history-top",
+    "history-series",
+    "history-template",
+    "dashboard-last",
+    "dashboard-template",
+}
 
 
 def trim(value: Any, depth: int = 0) -> Any:
@@ -67,8 +78,8 @@ def example(node: Node, path: str, method: str = "GET", token: bool = False, lin
     return shown + "\n".join(text)
 
 
-def metrics_excerpt(node: Node) -> str:
-    _, content_type, body = call(node, "/metrics")
+def metrics_excerpt(node: Node, token: bool = False) -> str:
+    _, content_type, body = call(node, "/metrics", token=token)
     wanted = re.compile(
         r"^(# (HELP|TYPE) )?mysqlprobe_(statements_total|statement_latency_seconds_bucket|template_info|"
         r"capture_packets_total|capture_dropped_kernel_total|coverage_ratio|role|epoch|build_info|"
@@ -83,11 +94,12 @@ def metrics_excerpt(node: Node) -> str:
         per_name[name] = per_name.get(name, 0) + 1
         if line.startswith("#") or per_name[name] <= 3:
             kept.append(line)
-    return f"GET /metrics\n-> 200 {content_type.split(';')[0]} (excerpt)\n" + "\n".join(kept)
+    shown = f"GET /metrics{'  (with the token)' if token else ''}\n-> 200 {content_type.split(';')[0]} (excerpt)\n"
+    return shown + "\n".join(kept)
 
 
 def collector_example(node: Node) -> str:
-    collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
+    collector = Collector(f"ws://127.0.0.1:{node.port}/collector?token={TOKEN}")
     try:
         collector.wait_for(lambda c: any(r["templates"] for r in c.reports), timeout=30)
         report = next(r for r in collector.reports if r["templates"])
@@ -150,9 +162,9 @@ def main() -> None:
             cur.execute("SELECT SLEEP(0.02)")
         conn.close()
         time.sleep(5)
-        scan = json.loads(call(slave, "/events/scan?limit=1")[2])
+        scan = json.loads(call(slave, "/events/scan?limit=1", token=True)[2])
         trace_id = scan["events"][0]["trace_id"] if scan["events"] else "none"
-        last = json.loads(call(slave, "/api/dashboard/last")[2])
+        last = json.loads(call(slave, "/api/dashboard/last", token=True)[2])
         key = next((t["key"] for t in last.get("templates", []) if t.get("count")), "0")
         common = {
             "status": "/status",
@@ -180,20 +192,21 @@ def main() -> None:
                 if name == "collector":
                     examples[name] = collector_example(node)
                 elif name == "metrics":
-                    examples[name] = metrics_excerpt(node)
+                    examples[name] = metrics_excerpt(node, token=True)
                 elif name.startswith("config-update"):
                     examples[name] = example(node, path, "POST", token=True)
                 elif name == "index":
                     examples[name] = example(node, path, lines=3)
                 else:
                     assert path is not None
-                    examples[name] = example(node, path)
+                    examples[name] = example(node, path, token=name in QUERY_DATA)
             if page == "slave.md":
                 examples["events-delete"] = example(node, f"/events/delete?trace_id={trace_id}", "POST", token=True)
                 examples["events-delete-token"] = example(node, f"/events/delete?trace_id={trace_id}", "POST")
+                examples["events-scan-token"] = example(node, "/events/scan?limit=1")
             else:
                 examples["join"] = join
-                examples["report-totals"] = example(node, "/report/totals")
+                examples["report-totals"] = example(node, "/report/totals", token=True)
                 examples["remove-missing"] = example(node, "/cluster/remove?addr=127.0.0.1:1", "POST", token=True)
             fill(page, examples)
         fill("standby.md", standby_examples(directory, server))

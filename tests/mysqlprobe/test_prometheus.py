@@ -3,11 +3,13 @@ exposition checked by promtool and by prometheus_client's parser; the top-N boun
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +17,13 @@ from typing import Any
 
 import pymysql
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from message.report import TemplateStats
 from mysqlprobe.prometheus import LATENCY_BUCKETS_S, NodeMetrics
 from tests.support import workload
-from tests.support.mariadb import MariaDB
+from tests.support.mariadb import MariaDB, free_port
 from tests.support.nodes import Collector, Node
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -323,3 +326,75 @@ def test_heartbeat_lag_missing_intervals_and_status_families() -> None:
     assert series(samples, "mysqlprobe_slaves_connected") == 1
     assert series(samples, "mysqlprobe_otlp_failed_total") == 1
     assert series(samples, "mysqlprobe_build_info", version="9", git_hash="h") == 1
+
+
+@pytest.mark.mariadb
+@pytest.mark.live
+@pytest.mark.skipif(os.geteuid() != 0, reason="live capture on lo needs root")
+def test_a_real_prometheus_scrapes_a_node_with_a_token_as_the_readme_says(server: MariaDB, tmp_path: Path) -> None:
+    """With ``token`` set, /metrics needs it (its _info series carry template texts): the
+    scrape config of the README (``authorization: {credentials_file: ...}``, a Bearer token)
+    is let in, a job without it gets the 401."""
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus is missing: scripts/test.sh installs Debian's prometheus package"
+    token = "pr0m-t0ken"
+    node = Node(
+        tmp_path, {"interval": 1, "token": token, "probe": {"device": "lo", "port": server.port, "workers": 1}}, "tok"
+    ).start()
+    (tmp_path / "mysqlprobe.token").write_text(token)
+    target = {"static_configs": [{"targets": [f"127.0.0.1:{node.port}"]}]}
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "with-token",
+                        "authorization": {"credentials_file": str(tmp_path / "mysqlprobe.token")},
+                        **target,
+                    },
+                    {"job_name": "without-token", **target},
+                ],
+            }
+        )
+    )
+    port = free_port()
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def api(path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/{path}", timeout=10) as resp:
+            return json.loads(resp.read())["data"]
+
+    try:
+        run_statements(server)
+        deadline = time.monotonic() + 60
+        targets: dict[str, Any] = {}
+        infos: list[Any] = []
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                targets = {t["labels"]["job"]: t for t in api("targets")["activeTargets"]}
+                infos = api("query?query=" + urllib.parse.quote('mysqlprobe_template_info{job="with-token"}'))["result"]
+            except (OSError, KeyError):
+                continue  # prometheus is starting
+            if len(targets) == 2 and all(t["lastError"] or t["health"] == "up" for t in targets.values()) and infos:
+                break
+        assert targets["with-token"]["health"] == "up", targets
+        assert targets["without-token"]["health"] == "down" and "401" in targets["without-token"]["lastError"]
+        assert any("FROM items" in i["metric"]["template"] for i in infos), infos
+        unauthenticated = api("query?query=" + urllib.parse.quote('mysqlprobe_template_info{job="without-token"}'))
+        assert unauthenticated["result"] == []
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        node.stop()

@@ -1,9 +1,10 @@
 """The token rule for reads (``server.check_read``), against a real slave capturing a real
 MariaDB and a real static master merging it, asked over real HTTP (urllib): with a token
-set, every endpoint that answers SQL text, template texts or slow samples needs it — in any
-of its three forms — unless ``websocket.opensubscribers`` lets readers in; a 401 says why
-and never echoes what was offered; node health and membership stay open and carry no SQL;
-what changes state needs the token whatever ``opensubscribers`` says."""
+set, every endpoint that answers query data (templates, their statistics, slow samples)
+needs it — in any of its three forms — unless ``websocket.opensubscribers`` lets readers
+in; a 401 says why and never echoes what was offered; node health and membership stay
+open and carry no SQL; what changes state needs the token whatever ``opensubscribers``
+says."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ WRONG = "wr0ng-guess-4711"
 #: In the captured SQL (a column alias and a literal): it must show only where SQL may.
 CANARY = "canary_col"
 
-#: GET endpoints that answer SQL-bearing data, on every node ({trace}, {key} filled in).
-SQL_READS = [
+#: GET endpoints that answer query data (templates, their statistics, slow samples) on every
+#: node ({trace}, {key} filled in).
+QUERY_READS = [
     "/events/query?trace_id={trace}",
     "/events/scan",
     "/api/history/top?from=-1h",
@@ -53,7 +55,7 @@ CARRY_CANARY = {
     "/metrics",
     "/report/totals",
 }
-#: GET endpoints that carry no SQL and stay open.
+#: GET endpoints of what a node says of itself (health, counters, membership): open.
 OPEN_READS = [
     "/",
     "/status",
@@ -153,8 +155,8 @@ def canary_everywhere(server: MariaDB, slave: Node, master: Node) -> tuple[str, 
 
 
 def sql_reads(node: Node, trace: str, key: str, master: bool) -> list[tuple[str, str]]:
-    """(pattern, path) of the SQL-bearing reads of a node."""
-    patterns = SQL_READS + (["/report/totals"] if master else [])
+    """(pattern, path) of the query-data reads of a node."""
+    patterns = QUERY_READS + (["/report/totals"] if master else [])
     return [(p, p.format(trace=trace, key=key)) for p in patterns]
 
 
