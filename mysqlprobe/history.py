@@ -230,9 +230,7 @@ class HistoryService:
 class HistoryAPI:
     """/api/history/*: answers from the node's history store."""
 
-    def __init__(
-        self, service: HistoryService | None, token: Callable[[], str] = lambda: "", *, open_read: bool = False
-    ) -> None:
+    def __init__(self, service: HistoryService | None, token: Callable[[], str], *, open_read: bool = False) -> None:
         self.service = service
         self.token = token
         self.open_read = open_read
