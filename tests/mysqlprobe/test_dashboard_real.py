@@ -411,6 +411,16 @@ def test_with_a_token_the_report_endpoints_need_it_and_the_page_passes_it_on(ser
         run_workload(server, sleeps=2, lookups=5)
         browser.wait("MP.app.model.reportsMerged >= 2 && document.querySelectorAll('#templates tr.tpl').length > 0", 30)
         browser.wait("(document.querySelector('#cluster') || {}).textContent.includes('tok')", 30)
+        # History mode asks /api/history/* (query data: token) with the page's token too.
+        deadline = time.monotonic() + 30
+        while not node.request("/api/history/top?from=-15m&limit=1&token=t0k")[1]["templates"]:
+            assert time.monotonic() < deadline, "history never held the workload"
+            time.sleep(0.3)
+        assert node.request("/api/history/top?from=-15m")[0] == 401
+        browser.call("select", selector="#mode", value="history")
+        browser.call("select", selector="#h-range", value="-15m")
+        browser.wait("document.querySelector('#history-note').textContent.startsWith('History')", 30)
+        browser.wait("document.querySelectorAll('#templates tr.tpl').length > 0", 30)
         assert browser.problems() == {"problems": [], "blocked": []}
     finally:
         browser.close()
