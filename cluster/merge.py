@@ -8,7 +8,7 @@ entry says ``restarted_without_state``), and its reports are merged, never taken
 duplicates. The sequence numbers of a few earlier incarnations are kept, so late replays of
 those are still recognised. Reports without an incarnation (older slaves) have the
 incarnation "". Within an
-interval, templates merge per (server, db, key): counts, sums and bytes add, errors add per
+interval, templates merge per (server, db, user, key): counts, sums and bytes add, errors add per
 code, sketches add bucket by bucket, min/max take the extremes, slow samples keep the worst
 N; nothing is ever overwritten. A gap in a slave's sequence numbers means intervals that
 never arrived: they are listed in the merged report (``missing``), as are slaves that sent
@@ -32,6 +32,7 @@ from message.report import (
     SchemaError,
     SlowQuery,
     SlowSamples,
+    TemplateIdent,
     TemplateStats,
     add_capture,
     merge_templates,
@@ -77,20 +78,20 @@ class ReportMerger:
         self.restarts_without_state = 0
         # Everything merged since ``since_ns`` (checkpointed with the rest): the totals that
         # must equal the servers' own accounting, whatever restarts happened in between.
-        self.cumulative: dict[tuple[str, str, str], TemplateStats] = {}
+        self.cumulative: dict[TemplateIdent, TemplateStats] = {}
         self.cumulative_totals: dict[str, Any] = {}
         self.since_ns = 0
         self._reset()
 
     def _reset(self) -> None:
-        self.templates: dict[tuple[str, str, str], TemplateStats] = {}
+        self.templates: dict[TemplateIdent, TemplateStats] = {}
         self.logins: dict[tuple[str, str, str], LoginStats] = {}
         self.slow = SlowSamples(self.max_slow)
         self.totals: dict[str, Any] = {}
         self.capture: dict[str, Any] = {}
         self.heartbeat: dict[str, dict[str, Any]] = {}  # server -> the latest state reported
-        # Per (server, db, key) and slave: [calls, latency sum µs, errors] (the per-slave breakdown).
-        self.by_slave: dict[tuple[str, str, str], dict[str, list[int]]] = {}
+        # Per (server, db, user, key) and slave: [calls, latency sum µs, errors] (the per-slave breakdown).
+        self.by_slave: dict[TemplateIdent, dict[str, list[int]]] = {}
         for state in self.slaves.values():
             state.reports = []
             state.missing = []
@@ -269,7 +270,7 @@ class ReportMerger:
         """Everything needed to resume exactly: the interval so far, the cumulative totals
         and, per slave, the sequence numbers already merged."""
 
-        def templates(stats: dict[tuple[str, str, str], TemplateStats]) -> list[dict[str, Any]]:
+        def templates(stats: dict[TemplateIdent, TemplateStats]) -> list[dict[str, Any]]:
             return [t.to_json(quantiles=False) for t in stats.values()]
 
         return {
@@ -325,10 +326,15 @@ class ReportMerger:
         self.totals = dict(interval["totals"])
         self.capture = dict(interval["capture"])
         self.heartbeat = dict(interval.get("heartbeat", {}))
-        self.by_slave = {
-            (str(server), str(db), str(key)): {str(node): [int(v) for v in slot] for node, slot in slaves.items()}
-            for server, db, key, slaves in interval.get("by_slave", [])
-        }
+        self.by_slave = {}
+        for row in interval.get("by_slave", []):
+            *ident, slaves = row
+            if len(ident) == 3:  # a checkpoint from before templates were split by user
+                ident.insert(2, "")
+            server, db, user, key = (str(part) for part in ident)
+            self.by_slave[(server, db, user, key)] = {
+                str(node): [int(v) for v in slot] for node, slot in slaves.items()
+            }
         cumulative = snapshot["cumulative"]
         self.cumulative = {}
         merge_templates(self.cumulative, [TemplateStats.from_json(t) for t in cumulative["templates"]])

@@ -26,8 +26,14 @@ OVERFLOW_KEY = "0000000000000000"
 OVERFLOW_TEMPLATE = "/* statements of templates over the limit */"
 
 
+#: What a template entry is merged by: (server, db, user, template key).
+TemplateIdent = tuple[str, str, str, str]
+
+
 class TemplateStats:
-    """Per (server, db, template key) statistics for one interval."""
+    """Per (server, db, user, template key) statistics for one interval. ``user`` is the
+    account of the connections that ran it ("" when not known: a connection already open
+    when the capture started that no watcher has named)."""
 
     __slots__ = (
         "bytes_in",
@@ -51,12 +57,14 @@ class TemplateStats:
         "sketch",
         "template",
         "ttfb_sum",
+        "user",
         "warnings",
     )
 
-    def __init__(self, server: str, db: str, key: str, template: str) -> None:
+    def __init__(self, server: str, db: str, key: str, template: str, user: str = "") -> None:
         self.server = server
         self.db = db
+        self.user = user
         self.key = key
         self.template = template
         self.commands: dict[str, int] = {}  # count by protocol command: Query, Execute, ...
@@ -79,8 +87,8 @@ class TemplateStats:
         self.last_seen_ns = 0
 
     @property
-    def ident(self) -> tuple[str, str, str]:
-        return (self.server, self.db, self.key)
+    def ident(self) -> TemplateIdent:
+        return (self.server, self.db, self.user, self.key)
 
     @property
     def error_count(self) -> int:
@@ -130,6 +138,7 @@ class TemplateStats:
             "key": self.key,
             "server": self.server,
             "db": self.db,
+            "user": self.user,
             "commands": dict(sorted(self.commands.items())),
             "count": self.count,
             "errors": dict(sorted(self.errors.items())),
@@ -167,6 +176,7 @@ class TemplateStats:
                 str(data.get("db", "")),
                 str(data["key"]),
                 str(data.get("template", "")),
+                str(data.get("user", "")),
             )
             latency = data["latency_us"]
             stats.count = int(data["count"])
@@ -348,7 +358,7 @@ class IntervalSum:
     has ``templates``, ``slow``, ``slow_dropped``, ``counters`` and ``capture``."""
 
     def __init__(self, max_slow: int) -> None:
-        self.templates: dict[tuple[str, str, str], TemplateStats] = {}
+        self.templates: dict[TemplateIdent, TemplateStats] = {}
         self.logins: dict[tuple[str, str, str], LoginStats] = {}
         self.slow = SlowSamples(max_slow)
         self.counters: dict[str, int] = {}
@@ -364,14 +374,15 @@ class IntervalSum:
 
 def by_load(stats: Iterable[TemplateStats]) -> list[TemplateStats]:
     """Heaviest first (total time), ties broken by identity: one order for any input order."""
-    return sorted(stats, key=lambda t: (-t.latency_sum, t.key, t.server, t.db))
+    return sorted(stats, key=lambda t: (-t.latency_sum, t.key, t.server, t.db, t.user))
 
 
 def fold_templates(
-    templates: Mapping[tuple[str, str, str], TemplateStats], limit: int
-) -> tuple[dict[tuple[str, str, str], TemplateStats], dict[str, int]]:
+    templates: Mapping[TemplateIdent, TemplateStats], limit: int
+) -> tuple[dict[TemplateIdent, TemplateStats], dict[str, int]]:
     """Keep the ``limit`` heaviest templates by total time; fold the others (and any
-    overflow entries already there) into one overflow entry per (server, db). Whatever
+    overflow entries already there) into one overflow entry per (server, db), whatever
+    their users. Whatever
     order the templates were gathered in, the result is the same, and no template that
     carries time is hidden behind lighter ones. Returns (templates, what was folded:
     ``templates``, ``statements``, ``latency_us_sum``)."""
@@ -379,8 +390,8 @@ def fold_templates(
     kept = {t.ident: t for t in ranked[:limit]}
     folded = {"templates": max(0, len(ranked) - limit), "statements": 0, "latency_us_sum": 0}
     rest = [t for t in templates.values() if t.key == OVERFLOW_KEY] + ranked[limit:]
-    for item in sorted(rest, key=lambda t: (t.server, t.db, t.key)):
-        ident = (item.server, item.db, OVERFLOW_KEY)
+    for item in sorted(rest, key=lambda t: (t.server, t.db, t.key, t.user)):
+        ident = (item.server, item.db, "", OVERFLOW_KEY)
         entry = kept.get(ident)
         if entry is None:
             entry = kept[ident] = TemplateStats(item.server, item.db, OVERFLOW_KEY, OVERFLOW_TEMPLATE)
@@ -390,12 +401,12 @@ def fold_templates(
     return kept, folded
 
 
-def merge_templates(into: dict[tuple[str, str, str], TemplateStats], stats: Iterable[TemplateStats]) -> None:
-    """Add ``stats`` into ``into``, keyed by (server, db, key)."""
+def merge_templates(into: dict[TemplateIdent, TemplateStats], stats: Iterable[TemplateStats]) -> None:
+    """Add ``stats`` into ``into``, keyed by (server, db, user, key)."""
     for item in stats:
         have = into.get(item.ident)
         if have is None:
-            have = into[item.ident] = TemplateStats(item.server, item.db, item.key, item.template)
+            have = into[item.ident] = TemplateStats(item.server, item.db, item.key, item.template, item.user)
         have.merge(item)
 
 

@@ -112,7 +112,9 @@ def retention_of(config: HistoryConfig, interval_s: int) -> Retention:
 
 
 def report_rows(report: dict[str, Any]) -> list[tuple[TemplateStats, str]]:
-    return [(TemplateStats.from_json(t), str(t.get("user", ""))) for t in report.get("templates", ())]
+    """A report's template entries with the user each belongs to (a history row's user)."""
+    rows = [TemplateStats.from_json(t) for t in report.get("templates", ())]
+    return [(stats, stats.user) for stats in rows]
 
 
 class HistoryService:

@@ -10,7 +10,8 @@ interval is the data points' start and end), following the database semantic con
   ``other``), explicit bounds ``LATENCY_BUCKETS_S`` (the same as /metrics), re-binned from
   the report's sketch; attributes ``db.system.name``, ``db.namespace``,
   ``db.operation.name``, ``db.query.summary``, ``db.query.text`` (the template: literals are
-  already ``?``), ``server.address``, ``server.port``, and ``db.response.status_code`` when
+  already ``?``), ``server.address``, ``server.port``, ``user.name`` (the account, when
+  known: reports keep a template per user), and ``db.response.status_code`` when
   every call of the interval failed with one code (the report does not split latency by
   outcome).
 - ``mysqlprobe.db.client.operation.errors``: a delta sum per template and error code, with
@@ -157,6 +158,8 @@ def build_request(
             common.append(_attr("server.port", port))
         if entry.get("db"):
             common.append(_attr("db.namespace", str(entry["db"])))
+        if entry.get("user"):  # a template per account: the account keeps the points apart
+            common.append(_attr("user.name", str(entry["user"])))
         common += [
             _attr("db.operation.name", operation_name(text)),
             _attr("db.query.summary", query_summary(text)),

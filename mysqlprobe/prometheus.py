@@ -110,7 +110,7 @@ class SeriesTotals:
             buckets[histogram_index(int(key))] += int(n)
 
 
-Ident = tuple[str, str, str]  # (server, db, key)
+Ident = tuple[str, str, str]  # (server, db, key): a template's users are summed
 
 
 class TemplateSeries:
@@ -135,6 +135,8 @@ class TemplateSeries:
         outsiders.sort(key=lambda t: -int(t.get("latency_us", {}).get("sum", 0)))
         weakest = sorted(self.members, key=lambda ident: self.members[ident].score)
         for entry in outsiders:
+            if _ident(entry) in self.members:
+                continue  # admitted with another user's entry of this template
             load = float(entry.get("latency_us", {}).get("sum", 0))
             if len(self.members) >= self.topn:
                 if not weakest or load <= 2 * self.members[weakest[0]].score:

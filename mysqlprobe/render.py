@@ -84,8 +84,9 @@ def template_table(templates: list[dict[str, Any]], *, top: int, width: int, det
         latency = entry["latency_us"]
         count = entry["count"] or 1
         text = " ".join(entry["template"].split())
-        if entry["db"]:
-            text = f"[{entry['db']}] {text}"
+        scope = entry["db"] + (f", user {entry['user']}" if entry.get("user") else "")
+        if scope:
+            text = f"[{scope}] {text}"
         if len(text) > room:
             text = text[: room - 3] + "..."
         errors = sum(entry["errors"].values())
@@ -105,7 +106,7 @@ def template_table(templates: list[dict[str, Any]], *, top: int, width: int, det
         latency = entry["latency_us"]
         lines += [
             "",
-            f"# Query {rank}: key {entry['key']}, db {entry['db'] or '-'}, "
+            f"# Query {rank}: key {entry['key']}, db {entry['db'] or '-'}, user {entry.get('user') or '-'}, "
             f"commands {', '.join(f'{k} {v:,}' for k, v in sorted(entry['commands'].items()))}",
             f"#   latency ms: min {_ms(latency['min'])}  p50 {_ms(latency['p50'])}  p95 {_ms(latency['p95'])}  "
             f"p99 {_ms(latency['p99'])}  p999 {_ms(latency['p999'])}  max {_ms(latency['max'])}",

@@ -29,6 +29,7 @@ from message.report import (
     SCHEMA_VERSION,
     IntervalSum,
     SlowQuery,
+    TemplateIdent,
     TemplateStats,
     by_load,
     fold_templates,
@@ -74,7 +75,7 @@ class ShardResult:
 @dataclass
 class ReplayResult:
     path: str
-    templates: dict[tuple[str, str, str], TemplateStats]
+    templates: dict[TemplateIdent, TemplateStats]
     slow: list[SlowQuery]
     slow_dropped: int
     counters: dict[str, int]

@@ -1,6 +1,6 @@
 """Per-interval aggregation of completed commands: events in, report parts out.
 
-Owns the per (server, db, template key) statistics of the current interval, the slow
+Owns the per (server, db, user, template key) statistics of the current interval, the slow
 samples (bounded, worst first, with raw SQL or a redacted form) and the interval's command
 counters. Bounded: at most ``max_templates`` entries per interval; statements of further
 templates are still counted, in one overflow entry, and ``templates_overflowed`` says so.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from message.logins import LoginStats, LoginTable
-from message.report import OVERFLOW_KEY, OVERFLOW_TEMPLATE, SlowQuery, SlowSamples, TemplateStats
+from message.report import OVERFLOW_KEY, OVERFLOW_TEMPLATE, SlowQuery, SlowSamples, TemplateIdent, TemplateStats
 from probe.mysql.constants import SERVER_QUERY_NO_GOOD_INDEX_USED, SERVER_QUERY_NO_INDEX_USED
 from probe.mysql.events import CommandCompleted, LoginFinished, ServerError
 from probe.redact import redact_message
@@ -49,7 +49,7 @@ class Aggregator:
         self._reset()
 
     def _reset(self) -> None:
-        self.templates: dict[tuple[str, str, str], TemplateStats] = {}
+        self.templates: dict[TemplateIdent, TemplateStats] = {}
         self.slow = SlowSamples(self.max_slow)
         self.commands = 0
         self.errors = 0
@@ -84,17 +84,17 @@ class Aggregator:
             warnings,
             complete,
         ) = event
-        ident = (server, db, key)
+        ident = (server, db, user, key)
         stats = self.templates.get(ident)
         if stats is None:
             if len(self.templates) >= self.max_templates:
                 self.templates_overflowed += 1
-                ident = (server, db, OVERFLOW_KEY)
+                ident = (server, db, "", OVERFLOW_KEY)
                 stats = self.templates.get(ident)
                 if stats is None:
                     stats = self.templates[ident] = TemplateStats(server, db, OVERFLOW_KEY, OVERFLOW_TEMPLATE)
             else:
-                stats = self.templates[ident] = TemplateStats(server, db, key, template)
+                stats = self.templates[ident] = TemplateStats(server, db, key, template, user)
         if stats.count:
             if latency < stats.latency_min:
                 stats.latency_min = latency

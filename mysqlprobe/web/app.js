@@ -92,7 +92,7 @@
         { id: "filters" },
         (this.el.server = h("select", { id: "f-server", onchange: (e) => this.setFilter("server", e.target.value) })),
         (this.el.db = h("select", { id: "f-db", onchange: (e) => this.setFilter("db", e.target.value) })),
-        h("input", { id: "f-user", placeholder: "user (from samples)", oninput: (e) => this.setFilter("user", e.target.value) }),
+        h("input", { id: "f-user", placeholder: "user", oninput: (e) => this.setFilter("user", e.target.value) }),
         h("input", { id: "f-text", placeholder: "filter by text or key", oninput: (e) => this.setFilter("text", e.target.value) }),
         (this.el.pager = h("span", { id: "pager" }))
       );
@@ -132,7 +132,6 @@
       this.el.windowPick.hidden = history;
       this.el.histControls.hidden = !history;
       this.el.histNote.hidden = !history;
-      document.getElementById("f-user").placeholder = history ? "user" : "user (from samples)";
       if (history) this.hist.load();
       this.render();
     }
@@ -390,7 +389,7 @@
         const series = this.showTrends ? this.model.series(r.id) : [];
         const cells = {
           rank: first + i + 1,
-          text: [h("div", { class: "sql" }, r.text || "(template text not received yet)"), h("div", { class: "meta" }, `${r.key} · ${r.db || "(no db)"} · ${r.server}`)],
+          text: [h("div", { class: "sql" }, r.text || "(template text not received yet)"), h("div", { class: "meta" }, `${r.key} · ${r.db || "(no db)"} · ${r.agg && r.agg.user ? r.agg.user : "(user not known)"} · ${r.server}`)],
           share: [h("div", { class: "bar", style: `width:${(r.share * 100).toFixed(1)}%` }), h("span", {}, pct(r.share))],
           rate: rate(r.rate),
           count: num(r.count),

@@ -1,7 +1,7 @@
 // The dashboard's data: reports in, per-template aggregates over a time window out. No DOM.
 //
 // Reports are merged into frames (time slots of the window; 60 slots per window), per
-// (server, db, template key), exactly as the master merges: counts and sums add, errors add
+// (server, db, user, template key), exactly as the master merges: counts and sums add, errors add
 // per code, latency sketches add bucket by bucket, min/max take extremes. Quantiles come from
 // the merged buckets with DDSketch's rule (mysqlprobe/message/sketch.py), never from averaged
 // quantiles. A report seen twice (same node and seq) is merged once.
@@ -81,10 +81,11 @@
 
   function newAgg(entry) {
     return {
-      id: entry.server + "\u0000" + entry.db + "\u0000" + entry.key,
+      id: entry.server + "\u0000" + entry.db + "\u0000" + (entry.user || "") + "\u0000" + entry.key,
       key: entry.key,
       server: entry.server || "",
       db: entry.db || "",
+      user: entry.user || "",
       count: 0,
       commands: {},
       errors: {},
@@ -436,7 +437,8 @@
           server: agg.server,
           db: agg.db,
           text: this.texts.get(agg.key) || "",
-          users: users.get(agg.key) || new Set(),
+          // the report's own user; for statements of connections nobody named, the samples'
+          users: agg.user ? new Set([agg.user]) : users.get(agg.key) || new Set(),
           count: agg.count,
           rate: seconds > 0 ? agg.count / seconds : 0,
           errors: errors,

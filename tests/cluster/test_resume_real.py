@@ -74,7 +74,10 @@ def shop_counts(totals: dict[str, Any]) -> dict[str, list[int]]:
     for entry in totals["templates"]:
         queries = entry["commands"].get("Query", 0)
         if entry["db"] == workload.DB and queries:
-            out[entry["key"]] = [queries, sum(entry["errors"].values())]
+            # a template's entries of several users (or of an unknown one) add up
+            have = out.setdefault(entry["key"], [0, 0])
+            have[0] += queries
+            have[1] += sum(entry["errors"].values())
     return out
 
 

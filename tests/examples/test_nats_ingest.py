@@ -210,7 +210,7 @@ def test_jetstream_ingest_exactly_once_across_kills(services: dict[str, Any], tm
         for entry in report["templates"]:
             stats = TemplateStats.from_json(entry)
             ident = f"{stats.server}|{stats.db}|{stats.key}"
-            totals.setdefault(ident, TemplateStats(*stats.ident, stats.template)).merge(stats)
+            totals.setdefault(ident, TemplateStats(stats.server, stats.db, stats.key, stats.template)).merge(stats)
     # Redis holds exactly the sum of the reports: none lost, none twice.
     for ident, stats in totals.items():
         row = {k.decode(): int(v) for k, v in db.hgetall(f"mysqlprobe:t:{ident}").items()}

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from message.codec import CodecError, decode, encode
-from message.report import SlowQuery, SlowSamples, TemplateStats, merge_templates
+from message.report import (
+    OVERFLOW_KEY,
+    SlowQuery,
+    SlowSamples,
+    TemplateIdent,
+    TemplateStats,
+    fold_templates,
+    merge_templates,
+)
 from message.sketch import RELATIVE_ACCURACY, LatencySketch, bucket_key
 
 SCHEMA_PATH = Path(__file__).parents[2] / "message" / "schema" / "report.schema.json"
@@ -82,16 +90,36 @@ def _stats(server: str, key: str, latencies: list[int], errors: dict[str, int]) 
 def test_template_merge_adds_and_never_overwrites() -> None:
     a = _stats("s:1", "0123456789abcdef", [10, 20, 30], {"1146": 2})
     b = _stats("s:1", "0123456789abcdef", [5, 500], {"1146": 1, "1062": 4})
-    into: dict[tuple[str, str, str], TemplateStats] = {}
+    into: dict[TemplateIdent, TemplateStats] = {}
     merge_templates(into, [a])
     merge_templates(into, [b])
-    merged = into[("s:1", "shop", "0123456789abcdef")]
+    merged = into[("s:1", "shop", "", "0123456789abcdef")]
     assert merged.count == 5 and merged.commands == {"Query": 5}
     assert merged.errors == {"1146": 3, "1062": 4}
     assert (merged.latency_min, merged.latency_max, merged.latency_sum) == (5, 500, 565)
     assert merged.sketch.count == 5
     round_trip = TemplateStats.from_json(json.loads(json.dumps(merged.to_json())))
     assert round_trip.to_json() == merged.to_json()
+
+
+def test_a_template_is_kept_per_user_and_overflow_folds_users_together() -> None:
+    app = _stats("s:1", "0123456789abcdef", [10, 20], {})
+    app.user = "app"
+    report = _stats("s:1", "0123456789abcdef", [7], {"1146": 1})
+    report.user = "report"
+    into: dict[TemplateIdent, TemplateStats] = {}
+    merge_templates(into, [app, report, app])
+    assert {ident: t.count for ident, t in into.items()} == {
+        ("s:1", "shop", "app", "0123456789abcdef"): 4,
+        ("s:1", "shop", "report", "0123456789abcdef"): 1,
+    }
+    entry = into[("s:1", "shop", "report", "0123456789abcdef")].to_json()
+    assert entry["user"] == "report" and TemplateStats.from_json(entry).user == "report"
+    del entry["user"]  # a report of an earlier version: the user is not known
+    assert TemplateStats.from_json(entry).user == ""
+    kept, folded = fold_templates(into, 0)
+    assert list(kept) == [("s:1", "shop", "", OVERFLOW_KEY)] and kept[("s:1", "shop", "", OVERFLOW_KEY)].count == 5
+    assert folded["templates"] == 2 and folded["statements"] == 5
 
 
 def test_template_entry_follows_the_schema() -> None:

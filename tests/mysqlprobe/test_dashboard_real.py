@@ -156,6 +156,15 @@ def test_live_dashboard_follows_a_slave(server: MariaDB, tmp_path: Path) -> None
             "Array.from(document.querySelectorAll('#templates tr.tpl .meta')).map(m => m.textContent.split(' · ')[1])"
         )
         assert dbs and set(dbs) == {workload.DB}
+        # ... and by user: reports keep a template per account, the row names it.
+        rows = "Array.from(document.querySelectorAll('#templates tr.tpl'))"
+        users = browser.eval(f"{rows}.map(r => r.querySelector('.meta').textContent.split(' · ')[2])")
+        assert users and set(users) == {"root"}
+        browser.call("fill", selector="#f-user", value="nobody")
+        assert browser.eval(f"{rows}.length") == 0
+        browser.call("fill", selector="#f-user", value="roo")
+        assert key in browser.eval(f"{rows}.map(r => r.dataset.key)")
+        browser.call("fill", selector="#f-user", value="")
 
         shot = SCREENSHOTS / "live-table.png"
         shot.parent.mkdir(parents=True, exist_ok=True)

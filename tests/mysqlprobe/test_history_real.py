@@ -37,6 +37,7 @@ if os.geteuid() != 0:  # pragma: no cover
     pytestmark.append(pytest.mark.skip(reason="live capture on lo needs root"))
 
 SLEEP_TEMPLATE = "SELECT SLEEP(?)"
+TAG_TEMPLATE = "SELECT ? AS tag"  # run by root and by a second account
 
 
 @pytest.fixture()
@@ -59,7 +60,10 @@ def history_counts(answer: dict[str, Any]) -> dict[str, list[int]]:
     for entry in answer["templates"]:
         queries = entry["commands"].get("Query", 0)
         if entry["db"] == workload.DB and queries:
-            out[entry["key"]] = [queries, sum(entry["errors"].values())]
+            # a template's entries of several users (or of an unknown one) add up
+            have = out.setdefault(entry["key"], [0, 0])
+            have[0] += queries
+            have[1] += sum(entry["errors"].values())
     return out
 
 
@@ -85,10 +89,19 @@ def test_history_over_a_run_with_a_master_restart(server: MariaDB, dsn: str, tmp
     try:
         assert master.request(f"/cluster/join?addr=127.0.0.1:{slave.port}")[0] == 200
         time.sleep(2)
+        server.query("CREATE USER IF NOT EXISTS 'reporter'@'127.0.0.1' IDENTIFIED BY 'pw'")
+        server.query(f"GRANT SELECT ON {workload.DB}.* TO 'reporter'@'127.0.0.1'")
         accounting.reset()
         sleeper = pymysql.connect(host="127.0.0.1", port=server.port, user="root", database=workload.DB)
-        with Background(server), sleeper.cursor() as cur:
+        reporter = pymysql.connect(
+            host="127.0.0.1", port=server.port, user="reporter", password="pw", database=workload.DB
+        )
+        with Background(server), sleeper.cursor() as cur, reporter.cursor() as other:
             for second in range(10):
+                for _ in range(3):
+                    cur.execute("SELECT 1 AS tag")
+                for _ in range(2):
+                    other.execute("SELECT 2 AS tag")
                 # SELECT SLEEP(?) is fast in every interval but one, where 10 of its calls
                 # take 60 ms: 2% of the run's calls, so they set the run's p99.
                 for _ in range(50):
@@ -102,6 +115,7 @@ def test_history_over_a_run_with_a_master_restart(server: MariaDB, dsn: str, tmp
                     master.start()
                 time.sleep(1.0)
         sleeper.close()
+        reporter.close()
         totals = wait_settled(slave, master)
         expected = accounting.expectations(schema=workload.DB)
         assert expected and len(expected) >= 8
@@ -114,7 +128,7 @@ def test_history_over_a_run_with_a_master_restart(server: MariaDB, dsn: str, tmp
 
         # p99 over the run from merged rows == p99 of the run's merged sketch.
         (entry,) = [e for e in answer["templates"] if e["template"] == SLEEP_TEMPLATE]
-        (cumulative,) = [t for t in totals["templates"] if t["key"] == entry["key"]]
+        (cumulative,) = [t for t in totals["templates"] if t["key"] == entry["key"] and t["user"] == "root"]
         run_sketch = LatencySketch.from_json(cumulative["latency_us"]["sketch"])
         assert entry["count"] == run_sketch.count == 510
         assert entry["latency_us"]["p99"] == cumulative["latency_us"]["p99"]
@@ -138,6 +152,23 @@ def test_history_over_a_run_with_a_master_restart(server: MariaDB, dsn: str, tmp
         assert len(per_interval) >= 8
         averaged = sum(per_interval) / len(per_interval)
         assert averaged < entry["latency_us"]["p99"] / 2, (averaged, entry["latency_us"]["p99"])
+
+        # Reports keep a template per account: user= answers for one of them, and the
+        # server's own per-account accounting agrees.
+        (both,) = [e for e in answer["templates"] if e["template"] == TAG_TEMPLATE]
+        assert both["count"] == 50
+        by_user = {}
+        for user in ("root", "reporter"):
+            query = urllib.parse.urlencode({"from": f"{run_start_s:.3f}", "user": user, "limit": "1000"})
+            status, by_user[user] = master.request(f"/api/history/top?{query}")
+            assert status == 200, by_user[user]
+        assert [e["count"] for e in by_user["root"]["templates"] if e["template"] == TAG_TEMPLATE] == [30]
+        assert [e["count"] for e in by_user["reporter"]["templates"] if e["template"] == TAG_TEMPLATE] == [20]
+        ((server_says,),) = server.query(
+            "SELECT SUM(COUNT_STAR) FROM performance_schema.events_statements_summary_by_user_by_event_name"
+            " WHERE USER = 'reporter' AND EVENT_NAME LIKE 'statement/sql/%'"
+        )
+        assert sum(e["commands"].get("Query", 0) for e in by_user["reporter"]["templates"]) == int(server_says)
 
         # The command line gives the same answer.
         where = ["--dsn", dsn] if dsn else ["--state", str(state)]
