@@ -1,7 +1,11 @@
-"""Print templates as reports arrive: python3 examples/subscriber.py [ws://127.0.0.1:8086/collector]"""
+"""Print templates as reports arrive: python3 examples/subscriber.py [ws://127.0.0.1:8086/collector]
+
+With a ``token`` configured on the node, pass it in MYSQLPROBE_TOKEN (sent as a Bearer token).
+"""
 
 import asyncio
 import json
+import os
 import sys
 
 import snappy  # reports are raw snappy blocks of JSON
@@ -10,7 +14,9 @@ import websockets
 
 async def main(url: str) -> None:
     texts: dict[str, str] = {}  # a template's text comes once per key, with its first report
-    async with websockets.connect(url, max_size=None) as ws:
+    token = os.environ.get("MYSQLPROBE_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
         async for message in ws:
             report = json.loads(snappy.uncompress(message))
             for t in report.get("templates", []) if report.get("kind") == "interval" else []:

@@ -30,13 +30,18 @@ EXAMPLES = ROOT / "examples"
 @pytest.mark.skipif(os.geteuid() != 0, reason="live capture on lo needs root")
 def test_subscriber_prints_templates_as_reports_arrive(tmp_path: Path) -> None:
     with running_mariadb() as server:
-        node = Node(tmp_path, {"interval": 1, "probe": {"device": "lo", "port": server.port, "workers": 1}}).start()
+        token = "example-token-7"  # the node needs it from subscribers: the example sends it
+        config = {"interval": 1, "token": token, "probe": {"device": "lo", "port": server.port, "workers": 1}}
+        node = Node(tmp_path, config).start()
         url = f"ws://127.0.0.1:{node.port}/collector"
-        collector = Collector(url)
+        collector = Collector(f"{url}?token={token}")
         out = tmp_path / "subscriber.out"
         with open(out, "wb") as sink:
             proc = subprocess.Popen(
-                [sys.executable, str(EXAMPLES / "subscriber.py"), url], stdout=sink, stderr=subprocess.STDOUT
+                [sys.executable, str(EXAMPLES / "subscriber.py"), url],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "MYSQLPROBE_TOKEN": token},
             )
         try:
             time.sleep(1.5)  # subscribed before the workload starts
