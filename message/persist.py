@@ -130,12 +130,16 @@ class StateWrites:
         except OSError as exc:
             self.failed(name, exc)
             return False
+        self.recovered(name)
+        return True
+
+    def recovered(self, name: str) -> None:
+        """``name`` could be written again (ends the degraded mode once nothing fails)."""
         if name in self.failing:
             del self.failing[name]
             if not self.failing:
                 self.recoveries += 1
                 _log.warning("state directory %s: writing again, degraded mode over", self.directory)
-        return True
 
     def failed(self, name: str, exc: OSError) -> None:
         self.write_errors += 1

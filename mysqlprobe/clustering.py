@@ -50,6 +50,8 @@ class Clustering:
         self.on_change: Callable[[], None] | None = None
         self.last_reports: dict[str, float] = {}  # slave address -> last report time
         self.raft_addr = f"{config.cluster.bind}:{config.cluster.raftport}"
+        self.writes = writes
+        self._journal_errors_seen = 0
         if not self.gossip and master_capable:
             self.static = StaticMembers(state / "members.json", writes)
             self.role = "master"
@@ -115,6 +117,7 @@ class Clustering:
             if self.master_capable:
                 self.role = "master" if is_master else "standby"
                 self.epoch = epoch
+            self._journal_state(self.election)
         if self.serf is not None:
             self.serf.ensure_running()
             try:
@@ -126,6 +129,17 @@ class Clustering:
             except SerfError as exc:
                 self.members_error = str(exc)
         return (self.role, self.epoch) != before
+
+    def _journal_state(self, election: Election) -> None:
+        """The Raft journal's health in the node's state-write accounting (/status "state")."""
+        if self.writes is None:
+            return
+        errors, error = election.journal_write_errors, election.journal_exception
+        if error is not None and errors > self._journal_errors_seen:
+            self.writes.failed("raft.journal", error)
+        elif error is None:
+            self.writes.recovered("raft.journal")
+        self._journal_errors_seen = errors
 
     def step_down(self) -> None:
         if self.election is not None:

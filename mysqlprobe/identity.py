@@ -76,5 +76,11 @@ class ReportIdentity:
             log.warning("cannot save the report sequence: reports go on under new incarnation %s", self.incarnation)
         return self.seq
 
+    def retry(self) -> None:
+        """Write the sequence again if its last write failed: a node that stops publishing
+        (a master become standby) would otherwise stay degraded after the disk frees."""
+        if self.path.name in self.writes.failing:
+            self._save()
+
     def status(self) -> dict[str, Any]:
         return {"incarnation_rotations": self.rotations, "fresh": self.fresh}

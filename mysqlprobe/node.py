@@ -321,6 +321,7 @@ class BaseNode:
                 changed = False
             if changed:
                 log.info("role %s, epoch %d", self.clustering.role, self.clustering.epoch)
+            self.identity.retry()  # in the loop, as next() is: never two writers of seq.json
             await self.cluster_changed(changed)
             await asyncio.sleep(0.5)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.mysqlprobe.test_full_disk_real import fill, tmpfs, wait
+from tests.mysqlprobe.test_full_disk_real import fill, tmpfs
 from tests.support.mariadb import free_port
 from tests.support.nodes import Node, gossip_configs
 
