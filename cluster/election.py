@@ -65,7 +65,6 @@ class Election:
         self.lock_ttl_s = lock_ttl_s
         self.node = node
         self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.journal_file = state_dir / "raft.journal"
         self.is_master = False
         self.epoch = 0
@@ -99,6 +98,7 @@ class Election:
         counter = ReplCounter()
         others = [v for v in self.voters if v != self.self_addr]
         try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
             raft = SyncObj(self.self_addr, others, conf=conf, consumers=[lock, counter])
         except OSError as exc:
             lock.destroy()
@@ -158,8 +158,8 @@ class Election:
                 return
             self._stop_member()
             self._raft = self._lock = self._counter = None
-        try:
-            stat = os.statvfs(self.state_dir)
+        try:  # the raft directory itself may not exist yet (it could not be created)
+            stat = os.statvfs(self.state_dir if self.state_dir.exists() else self.state_dir.parent)
         except OSError:
             return
         if stat.f_bavail * stat.f_frsize < RESTART_FREE_BYTES:

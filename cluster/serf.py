@@ -140,6 +140,7 @@ class SerfAgent:
         self.profile = profile
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.snapshot = True  # False while the state directory cannot be written
 
     def _bind_address(self) -> str:
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
@@ -168,9 +169,17 @@ class SerfAgent:
         return True
 
     def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.proc is None:
             self.stop_leftover()
+        # serf exits when it cannot open its snapshot: on a state directory that refuses
+        # writes (read-only) it runs without one, and gets it back at its next start.
+        writable = os.access(self.state_dir, os.W_OK)
+        if writable != self.snapshot:
+            self.snapshot = writable
+            if not writable:
+                log.warning("%s is not writable: serf runs without its snapshot", self.state_dir)
         argv = [
             SERF,
             "agent",
@@ -178,8 +187,7 @@ class SerfAgent:
             f"-bind={self._bind_address()}",
             f"-rpc-addr={self.rpc}",
             f"-profile={self.profile}",
-            self._snapshot_arg(),
-            "-rejoin",
+            *([self._snapshot_arg(), "-rejoin"] if writable else []),
             "-retry-interval=2s",
             "-log-level=warn",
         ]
@@ -187,7 +195,10 @@ class SerfAgent:
             argv.append(f"-tag={key}={value}")
         for seed in self.seeds:
             argv.append(f"-retry-join={seed}")
-        log_file = open(self.state_dir / "serf.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            log_file = open(self.state_dir / "serf.log", "ab")  # noqa: SIM115 - owned by the child
+        except OSError:  # a state directory that refuses writes must not stop gossip
+            log_file = open(os.devnull, "ab")  # noqa: SIM115 - owned by the child
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -255,4 +266,10 @@ class SerfAgent:
             self.pid_file.unlink()
 
     def status(self) -> dict[str, Any]:
-        return {"node": self.node, "alive": self.alive(), "restarts": self.restarts, "rpc": self.rpc}
+        return {
+            "node": self.node,
+            "alive": self.alive(),
+            "restarts": self.restarts,
+            "rpc": self.rpc,
+            "snapshot": self.snapshot,
+        }

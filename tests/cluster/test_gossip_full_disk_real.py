@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.mysqlprobe.test_full_disk_real import fill, tmpfs
+from tests.mysqlprobe.test_full_disk_real import fill, remount, tmpfs
 from tests.support.mariadb import free_port
 from tests.support.nodes import Node, gossip_configs
 
@@ -145,3 +145,28 @@ def test_full_disks_on_master_and_standby_degrade_without_death_or_split_brain(t
         assert "Traceback" not in text and "failed _onTick" not in text, text[-3000:]
         assert text.count("cannot write the raft journal") == 1, text[-3000:]  # once, not a flood
         assert text.count("raft journal writable again") == 1, text[-3000:]
+
+
+def test_a_gossip_node_starts_on_a_read_only_state_dir_and_leads_once_it_is_writable(tmp_path: Path) -> None:
+    config = gossip_configs(["m1", "m2"], ["m1"], interval=1, lockttlms=3000)["m1"]  # m1 votes alone
+    with tmpfs(tmp_path / "m1-state") as directory:
+        remount(directory, "ro")
+        config["statedir"] = str(directory)
+        node = Node(tmp_path, config, "m1").start()
+        try:
+            watch = Watch({"m1": node})
+            watch.hold(3)
+            status = watch.status["m1"]
+            assert status["role"] == "standby" and status["state"]["degraded"]
+            assert "Read-only" in status["state"]["failing"]["raft.journal"]
+            assert not raft_journal(status)["running"] and raft_journal(status)["write_errors"] >= 1
+            serf = status["cluster"]["serf"]
+            assert serf["alive"] and not serf["snapshot"] and serf["restarts"] == 0  # gossip without a snapshot
+            remount(directory, "rw")
+            watch.until(lambda s: s["m1"]["role"] == "master", 30, "the node to lead")
+            assert raft_journal(watch.status["m1"])["recoveries"] == 1 and not watch.status["m1"]["state"]["degraded"]
+            assert (directory / "raft" / "raft.journal").exists()
+        finally:
+            node.stop()
+    text = node.log.read_text()
+    assert "Traceback" not in text and text.count("cannot write the raft journal") == 1, text[-3000:]
