@@ -4,7 +4,8 @@
  * that probe/mysql/responses.py's Responses._server_plain parses inline for the request
  * `cmd` at the head of `conv.pending` (continuations of 16 MiB packets, column count,
  * column definitions, the EOF after them, rows, the plain OK and the EOF that end a
- * response), applies to `cmd` and `conv` exactly what that loop applies, and stops at the
+ * response), and the column count without metadata that _column_count reads, applies to
+ * `cmd` and `conv` exactly what Python applies, and stops at the
  * first packet that needs Python (an ERR, an OK with session state, the last definition of
  * a prepare, a packet not all there, ...). It returns (outcome, pos, status, warnings):
  *   STOP: Python's loop goes on at pos as if it had got there itself;
@@ -182,12 +183,19 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (state == R_FIRST) {
             if (end > n) break;
             if (reply < 0 && get_ll(cmd, s_reply, &reply) < 0) return NULL;
-            if (reply == REPLY_RESULT && 0 < first && first < 0xFB &&
-                (length == 1 || (length == 2 && d[pos + 5] == 1))) {
-                /* Column count of a result set (with MariaDB's "metadata follows" flag). */
+            if (reply == REPLY_RESULT && 0 < first && first < 0xFB && (length == 1 || length == 2)) {
+                /* Column count of a result set, with MariaDB's metadata flag or MySQL's
+                 * optional-metadata byte (0: no definitions follow, as for the executes of
+                 * a statement whose metadata the client cached). */
                 out += 4 + length;
-                remaining = first;
-                state = R_COLDEFS;
+                if (length == 2 && d[pos + 5] == 0) {
+                    int deprecate = get_truth(conv, s_deprecate_eof);
+                    if (deprecate < 0) return NULL;
+                    state = deprecate ? R_ROWS : R_COLS_END;
+                } else {
+                    remaining = first;
+                    state = R_COLDEFS;
+                }
                 pos = end;
                 continue;
             }

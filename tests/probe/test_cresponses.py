@@ -316,6 +316,7 @@ packet = st.one_of(
             w.framed([b"\x02"], 1),
             w.framed([b"\x02\x01"], 1),
             w.framed([b"\x02\x00"], 1),
+            w.framed([b"\x02\x07"], 1),
             w.framed([b"\xfbfile"], 1),
             w.framed([w.column_def("a")], 2),
             w.framed([w.text_row(b"1", None)], 4),
@@ -341,6 +342,18 @@ packet = st.one_of(
 )
 @example(
     3, 0, c.Reply.RESULT, c.Command.QUERY, None, False, False, [b"\x05\x00\x00\x02\x01abcd", b"\x00\x00\x00\x03"], [], 0
+)
+@example(  # a metadata flag neither 0 nor 1: definitions follow
+    0,
+    0,
+    c.Reply.RESULT,
+    c.Command.QUERY,
+    False,
+    False,
+    False,
+    [w.framed([b"\x01\x07", w.column_def("a"), w.eof(), w.text_row(b"1"), w.eof()], 1)],
+    [],
+    w.CLIENT_CAPS,
 )
 def test_random_packets_in_every_state_give_the_same_events_and_state(
     parser_state: int,
