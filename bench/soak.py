@@ -154,6 +154,9 @@ class Soak:
         return out
 
     def run(self) -> None:
+        # Statements of the set-up (sysbench prepare) reach reports of the intervals before
+        # the accounting starts: let those go by before subscribing, or they count here.
+        time.sleep(3)
         for server in self.servers:
             server.query("TRUNCATE performance_schema.events_statements_summary_by_digest")
         # Each slave's reports, read straight from it (a fresh subscriber after a restart).
@@ -223,6 +226,27 @@ class Soak:
                 by_node[name] = by_node.get(name, 0) + sum(
                     t["count"] for t in report["templates"] if t.get("db") == "sbtest"
                 )
+        # Exactly once, report by report: every slave report (node, incarnation, seq) the
+        # slaves published, and the masters' published reports that merged it.
+        slave_counts: dict[tuple[Any, ...], int] = {}
+        publications: dict[tuple[Any, ...], list[tuple[str, int]]] = {}
+        for name, subscribers in self.subscribers.items():
+            seen_here: set[tuple[Any, ...]] = set()
+            for report in (r for subscriber in subscribers for r in subscriber.reports):
+                if name.startswith("s"):
+                    ident = (report["node"], report.get("incarnation"), report["seq"])
+                    slave_counts[ident] = sum(t["count"] for t in report["templates"] if t.get("db") == "sbtest")
+                    continue
+                mine = (report["node"], report.get("incarnation"), report["seq"])
+                if mine in seen_here:
+                    continue
+                seen_here.add(mine)
+                for slave in report.get("slaves", ()):
+                    for seq in slave.get("seqs", ()):
+                        key = (slave["node"], slave.get("incarnation"), seq)
+                        publications.setdefault(key, []).append((name, report["seq"]))
+        twice = {k: v for k, v in publications.items() if len(v) > 1}
+        never = [k for k in slave_counts if k not in publications]
         merged: dict[str, int] = {}
         per_master: dict[str, Any] = {}
         for name in ("m1", "m2"):
@@ -252,6 +276,16 @@ class Soak:
             print(f"  {name}: {detail}")
         for name, pairs in seqs.items():
             print(f"  {name}: {len(pairs)} reports read from it, (incarnation, seq) {pairs[:2]} .. {pairs[-2:]}")
+        doubled = sum(slave_counts.get(k, 0) * (len(v) - 1) for k, v in twice.items())
+        print(f"slave reports published twice:   {len(twice):>10,}  ({doubled:,} statements)")
+        for key, where in sorted(twice.items(), key=str)[:10]:
+            print(f"  {key} in {where}")
+        lost = sum(slave_counts[k] for k in never)
+        print(
+            f"slave reports never published:   {len(never):>10,}  ({lost:,} statements; the last ones may be in flight)"
+        )
+        for key in sorted(never, key=str)[:10]:
+            print(f"  {key}: {slave_counts[key]:,}")
         print("\n== RSS (MiB, node + capture workers)")
         names = list(self.nodes)
         print("   t/s " + "".join(f"{n:>9}" for n in names))
