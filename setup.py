@@ -1,4 +1,4 @@
-"""The optional C extensions (``probe._cdecode``, ``probe._cresponses``); everything else is in
+"""The optional C extensions (``probe._cdecode``, ``probe._cresponses``, ``probe._cflows``); everything else is in
 pyproject.toml.
 
 Built when a C compiler and the Python headers are there; without them the build says why
@@ -41,6 +41,7 @@ setup(
     ext_modules=[
         Extension("probe._cdecode", ["probe/_cdecode.c"]),
         Extension("probe._cresponses", ["probe/_cresponses.c"]),
+        Extension("probe._cflows", ["probe/_cflows.c"]),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

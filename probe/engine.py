@@ -115,11 +115,11 @@ class Engine:
         if not meta:
             return
         if self._sharder is not None:
-            self._frames.sharded_batch(buffer, meta, self.flows.segment, self._sharder)
+            self._frames.sharded_batch(buffer, meta, self.flows.segment_entry, self._sharder)
         elif self.config.dedup_ns or (linktype is not None and linktype != self._linktype):
             self._general_batch(buffer, meta, self._decoder(linktype or self._linktype))
         else:
-            self._frames.batch(buffer, meta, self.flows.segment)
+            self._frames.batch(buffer, meta, self.flows.segment_entry)
         self._batch_done(buffer, meta)
 
     def _decoder(self, linktype: int) -> Callable[[bytes], Segment | None]:
@@ -130,7 +130,7 @@ class Engine:
 
     def _general_batch(self, buffer: bytes, meta: bytes, decode: Callable[[bytes], Segment | None]) -> None:
         """Any link type, with duplicate suppression when configured."""
-        segment = self.flows.segment
+        segment = self.flows.segment_entry
         window = self.config.dedup_ns
         recent = self._recent
         for sec, usec, offset, caplen in _META.iter_unpack(meta):
@@ -169,7 +169,7 @@ class Engine:
         self.bytes += len(frame)
         segment = self._decode(frame)
         if segment is not None:
-            self.flows.segment(ts, segment)
+            self.flows.segment_entry(ts, segment)
         if ts >= self._next_sweep:
             self.tick(ts)
 

@@ -12,7 +12,11 @@ files), so the connection then waits a small reordering window (``reorder_packet
 after the awaited bytes, or after the gap if they do not come.
 
 Sans-I/O: ``FlowTable.segment(ts_ns, segment)`` and ``expire(now_ns)`` are all there is;
-events come back through the ``on_events`` callback given at construction.
+events come back through the ``on_events`` callback given at construction. The engine calls
+``segment_entry``: ``segment`` itself, or (compiled engine) ``probe._cflows.InOrder``, which
+handles the in-order data and bare ACKs of established connections and passes every other
+segment to ``segment`` unchanged; ``segment`` is the specification it is tested against.
+``table``, ``ports`` and ``server_ips`` are bound once (the compiled path keeps them).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
+from probe import native
 from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Address, Segment
 from probe.mysql.conversation import DEFAULT_MAX_PREPARED_BYTES, Conversation, ConversationLimits, PreparedBudget
 from probe.mysql.events import TO_CLIENT, TO_SERVER, Event
@@ -138,7 +143,9 @@ class FlowTable:
         *,
         server_ips: frozenset[bytes] | None = None,
         limits: FlowLimits | None = None,
+        pure: bool = False,
     ) -> None:
+        """``pure``: ``segment_entry`` is ``segment`` even when the compiled path is built."""
         self.ports = ports
         # Decoded IPv4 addresses are ints, IPv6 ones packed bytes: the filter holds both.
         self.server_ips: frozenset[Address] | None = (
@@ -162,6 +169,10 @@ class FlowTable:
         # probe never saw.
         self.sessions: dict[str, tuple[str, str, int | None, dict[int, str]]] = {}
         self.restored: dict[str, tuple[str, str, int | None, dict[int, str]]] = {}
+        #: What the engine calls per segment: ``segment``'s in-order case compiled, or itself.
+        self.segment_entry: Callable[[int, Segment], None] = (
+            self.segment if pure or native.cflows is None else native.cflows.InOrder(self)
+        )
 
     # -- per segment --------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """Which implementation of the hot per-packet functions runs: compiled or pure Python.
 
 The aio-libs pattern: ``probe/_cdecode.c`` (frame decoder, batch loops) and
-``probe/_cresponses.c`` (the server packet walker of ``probe.mysql.responses``) are built
+``probe/_cresponses.c`` (the server packet walker of ``probe.mysql.responses``) and
+``probe/_cflows.c`` (the in-order fast path of ``probe.flows.FlowTable.segment``) are built
 by setuptools when a C compiler is there and skipped when not; the pure-Python functions
-stay as fallback and as the oracle the compiled ones are tested against. Both modules are
-used or neither. ``MYSQLPROBE_NO_EXTENSIONS=1`` forces the pure engine (an empty value or
+stay as fallback and as the oracle the compiled ones are tested against. All three modules
+are used or none. ``MYSQLPROBE_NO_EXTENSIONS=1`` forces the pure engine (an empty value or
 ``0`` does not). ``ENGINE`` names the one in use ("compiled" or "pure"); reports and
 ``/status`` show it.
 """
@@ -24,17 +25,17 @@ def _wanted() -> bool:
     return os.environ.get("MYSQLPROBE_NO_EXTENSIONS", "") in ("", "0")
 
 
-def _load() -> tuple[ModuleType, ModuleType] | tuple[None, None]:
+def _load() -> tuple[ModuleType, ModuleType, ModuleType] | tuple[None, None, None]:
     if not _wanted():
-        return None, None
+        return None, None, None
     try:
-        from probe import _cdecode, _cresponses
+        from probe import _cdecode, _cflows, _cresponses
     except ImportError:  # not built: no compiler at install time
-        return None, None
-    return _cdecode, _cresponses
+        return None, None, None
+    return _cdecode, _cresponses, _cflows
 
 
-cdecode, cresponses = _load()
+cdecode, cresponses, cflows = _load()
 ENGINE = "compiled" if cdecode is not None else "pure"
 
 #: Outcomes of the server walker (``probe._cresponses.walk``): Python's loop goes on at the

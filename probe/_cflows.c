@@ -1,0 +1,396 @@
+/* probe._cflows: the in-order fast path of probe/flows.py's FlowTable.segment.
+ *
+ * Owns nothing of its own. InOrder(table) is a callable (ts_ns, seg) that the engine's batch
+ * loops call instead of table.segment. It handles the common segment of an established
+ * connection, and only that: no SYN, FIN or RST, the ACK flag set, a connection already in
+ * table.table, not waiting for acknowledged bytes (conn.waiting is None), the peer's half
+ * started and its acknowledgement not ahead of the bytes seen, and either no payload or a
+ * payload that starts exactly at the half's next sequence number with nothing held out of
+ * order. For that segment it does what FlowTable.segment does (tcp_segments += 1,
+ * conn.last_ns = ts, the half's offset and next_seq moved on, conv.feed(ts, direction,
+ * payload, ack_off), on_events(events) when there are events) and nothing else. Every
+ * other segment, and any argument of an unexpected type, is passed unchanged to
+ * table.segment before anything was changed: the pure code stays the specification
+ * (MYSQLPROBE_NO_EXTENSIONS=1 runs it alone; tests/probe/test_cflows.py requires both to
+ * give the same bytes, events, counters and state).
+ *
+ * table.table, table.ports and table.server_ips are read once, at construction (FlowTable
+ * never rebinds them); on_events and every connection field are read at each call.
+ *
+ * Memory safety: no pointer into a Python object is kept across calls; sequence numbers
+ * are compared modulo 2**32 as flows.py's masks do; stream offsets are long long (a
+ * stream would need 2**63 bytes to overflow one, and a value that does not fit falls back).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* probe/decode.py */
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+/* probe/mysql/events.py */
+#define TO_SERVER 0
+#define TO_CLIENT 1
+
+static PyObject *s_table, *s_ports, *s_server_ips, *s_segment, *s_waiting, *s_halves, *s_started, *s_fin,
+    *s_offset, *s_next_seq, *s_ooo, *s_conv, *s_feed, *s_on_events, *s_tcp_segments, *s_last_ns;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *flows;      /* the FlowTable */
+    PyObject *conns;      /* flows.table */
+    PyObject *ports;      /* flows.ports */
+    PyObject *server_ips; /* flows.server_ips (None: any) */
+    PyObject *fallback;   /* flows.segment (bound) */
+    vectorcallfunc vectorcall;
+} InOrder;
+
+/* A new reference to obj.name, NULL (error set) if missing. */
+#define GET(obj, name) PyObject_GetAttr((obj), (name))
+
+/* obj.name as a long long into *out: 0, or -1 when absent or not an int that fits (error
+ * cleared: the caller falls back). */
+static int get_ll(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *value = GET(obj, name);
+    if (value == NULL) goto bad;
+    if (!PyLong_CheckExact(value)) {
+        Py_DECREF(value);
+        return -1;
+    }
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    Py_DECREF(value);
+    if (overflow || (*out == -1 && PyErr_Occurred())) goto bad;
+    return 0;
+bad:
+    PyErr_Clear();
+    return -1;
+}
+
+static int set_ll(PyObject *obj, PyObject *name, long long value) {
+    PyObject *boxed = PyLong_FromLongLong(value);
+    if (boxed == NULL) return -1;
+    int rc = PyObject_SetAttr(obj, name, boxed);
+    Py_DECREF(boxed);
+    return rc;
+}
+
+/* 1 when obj.name is True, 0 when False, -1 otherwise (error cleared). */
+static int get_flag(PyObject *obj, PyObject *name) {
+    PyObject *value = GET(obj, name);
+    if (value == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    int flag = value == Py_True ? 1 : value == Py_False ? 0 : -1;
+    Py_DECREF(value);
+    return flag;
+}
+
+/* An exact int in [0, 2**32) from a tuple item, or -1. */
+static long long u32_item(PyObject *item) {
+    if (!PyLong_CheckExact(item)) return -1;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
+    if (overflow || v < 0 || v > 0xFFFFFFFFLL) {
+        PyErr_Clear();
+        return -1;
+    }
+    return v;
+}
+
+/* Python's ((a - b + 2**31) & 0xFFFFFFFF) - 2**31 for a, b in [0, 2**32). */
+static long long seq_diff(long long a, long long b) { return (long long)(int32_t)(uint32_t)(a - b); }
+
+static int contains(PyObject *set, PyObject *item) {
+    int rc = PySet_Contains(set, item);
+    if (rc < 0) PyErr_Clear();
+    return rc; /* -1: falls back, and Python raises its own error */
+}
+
+static PyObject *fall_back(InOrder *self, PyObject *const *args) {
+    return PyObject_Vectorcall(self->fallback, args, 2, NULL);
+}
+
+/* The segment's fate: FAST (handled here, *fields filled) or SLOW (FlowTable.segment's). */
+typedef struct {
+    PyObject *conn, *half, *conv; /* new references when FAST */
+    long long half_offset, half_next, ack_off;
+    int direction, has_ack_off;
+} Fast;
+
+static void fast_clear(Fast *f) {
+    Py_CLEAR(f->conn);
+    Py_CLEAR(f->half);
+    Py_CLEAR(f->conv);
+}
+
+/* 1: the in-order common case (f filled); 0: not it (nothing changed, no error set). */
+static int classify(InOrder *self, PyObject *seg, Fast *f) {
+    if (!PyTuple_CheckExact(seg) || PyTuple_GET_SIZE(seg) != 8) return 0;
+    PyObject *src = PyTuple_GET_ITEM(seg, 0), *dst = PyTuple_GET_ITEM(seg, 1);
+    PyObject *sport = PyTuple_GET_ITEM(seg, 2), *dport = PyTuple_GET_ITEM(seg, 3);
+    PyObject *payload = PyTuple_GET_ITEM(seg, 7);
+    if (!PyLong_CheckExact(PyTuple_GET_ITEM(seg, 6)) || !PyBytes_CheckExact(payload)) return 0;
+    long flags = PyLong_AsLong(PyTuple_GET_ITEM(seg, 6));
+    if (flags == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (flags & (TCP_SYN | TCP_FIN | TCP_RST) || !(flags & TCP_ACK)) return 0;
+    long long seq = u32_item(PyTuple_GET_ITEM(seg, 4)), ack = u32_item(PyTuple_GET_ITEM(seg, 5));
+    if (seq < 0 || ack < 0) return 0;
+
+    int in;
+    PyObject *key;
+    if ((in = contains(self->ports, dport)) != 0 &&
+        (self->server_ips == Py_None || (in = contains(self->server_ips, dst)) != 0)) {
+        if (in < 0) return 0;
+        f->direction = TO_SERVER;
+        key = PyTuple_Pack(4, src, sport, dst, dport);
+    } else if (in >= 0 && (in = contains(self->ports, sport)) != 0 &&
+               (self->server_ips == Py_None || (in = contains(self->server_ips, src)) != 0)) {
+        if (in < 0) return 0;
+        f->direction = TO_CLIENT;
+        key = PyTuple_Pack(4, dst, dport, src, sport);
+    } else {
+        return 0; /* another port (counted there), or an error Python raises itself */
+    }
+    if (key == NULL) goto bad;
+    PyObject *conn = PyDict_GetItemWithError(self->conns, key); /* borrowed */
+    Py_DECREF(key);
+    if (conn == NULL) goto bad;
+    Py_INCREF(conn);
+    f->conn = conn;
+
+    PyObject *waiting = GET(conn, s_waiting);
+    if (waiting == NULL) goto bad;
+    Py_DECREF(waiting); /* only its identity is compared */
+    if (waiting != Py_None) goto no;
+    PyObject *halves = GET(conn, s_halves);
+    if (halves == NULL) goto bad;
+    if (!PyTuple_CheckExact(halves) || PyTuple_GET_SIZE(halves) != 2) {
+        Py_DECREF(halves);
+        goto no;
+    }
+    f->half = Py_NewRef(PyTuple_GET_ITEM(halves, f->direction));
+    PyObject *other = Py_NewRef(PyTuple_GET_ITEM(halves, 1 - f->direction));
+    Py_DECREF(halves);
+
+    /* The acknowledgement: the peer's half must have started and not be ahead of us. */
+    int ok = 0;
+    int started = get_flag(other, s_started), fin = get_flag(other, s_fin);
+    if (started == 1 && fin == 0) {
+        long long other_offset, other_next;
+        if (get_ll(other, s_offset, &other_offset) == 0 && get_ll(other, s_next_seq, &other_next) == 0 &&
+            other_next >= 0 && other_next <= 0xFFFFFFFFLL && other_offset > -(1LL << 62) &&
+            other_offset < (1LL << 62)) {
+            f->ack_off = other_offset + seq_diff(ack, other_next);
+            f->has_ack_off = 1;
+            ok = f->ack_off <= other_offset;
+        }
+    } else if (started == 1 && fin == 1) {
+        f->has_ack_off = 0;
+        ok = 1;
+    }
+    Py_DECREF(other);
+    if (!ok) goto no;
+
+    if (PyBytes_GET_SIZE(payload) == 0) return 1;
+    /* In order, nothing held. */
+    if (get_flag(f->half, s_started) != 1) goto no;
+    if (get_ll(f->half, s_next_seq, &f->half_next) != 0 || f->half_next != seq) goto no;
+    if (get_ll(f->half, s_offset, &f->half_offset) != 0) goto no;
+    PyObject *ooo = GET(f->half, s_ooo);
+    if (ooo == NULL) goto bad;
+    int empty = PyDict_CheckExact(ooo) && PyDict_GET_SIZE(ooo) == 0;
+    Py_DECREF(ooo);
+    if (!empty) goto no;
+    if (f->half_offset > LLONG_MAX - PyBytes_GET_SIZE(payload)) goto no;
+    f->conv = GET(conn, s_conv);
+    if (f->conv == NULL) goto bad;
+    return 1;
+bad:
+    PyErr_Clear();
+no:
+    fast_clear(f);
+    return 0;
+}
+
+static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    InOrder *self = (InOrder *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0))
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    PyObject *ts = args[0], *seg = args[1];
+    Fast f = {NULL, NULL, NULL, 0, 0, 0, 0, 0};
+    if (!PyLong_CheckExact(ts) || !classify(self, seg, &f)) return fall_back(self, args);
+
+    /* From here on, what FlowTable.segment does for this segment. */
+    PyObject *result = NULL, *events = NULL;
+    long long segments;
+    if (get_ll(self->flows, s_tcp_segments, &segments) != 0 || segments == LLONG_MAX) {
+        fast_clear(&f);
+        return fall_back(self, args); /* not an int: Python's += decides */
+    }
+    if (set_ll(self->flows, s_tcp_segments, segments + 1) < 0) goto done;
+    if (PyObject_SetAttr(f.conn, s_last_ns, ts) < 0) goto done;
+    PyObject *payload = PyTuple_GET_ITEM(seg, 7);
+    Py_ssize_t size = PyBytes_GET_SIZE(payload);
+    if (size > 0) {
+        if (set_ll(f.half, s_offset, f.half_offset + size) < 0) goto done;
+        if (set_ll(f.half, s_next_seq, (f.half_next + size) & 0xFFFFFFFFLL) < 0) goto done;
+        PyObject *direction = PyLong_FromLong(f.direction);
+        if (direction == NULL) goto done;
+        PyObject *ack_off = f.has_ack_off ? PyLong_FromLongLong(f.ack_off) : Py_NewRef(Py_None);
+        if (ack_off == NULL) {
+            Py_DECREF(direction);
+            goto done;
+        }
+        PyObject *call[5] = {f.conv, ts, direction, payload, ack_off};
+        events = PyObject_VectorcallMethod(s_feed, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(direction);
+        Py_DECREF(ack_off);
+        if (events == NULL) goto done;
+        int truth = PyObject_IsTrue(events);
+        if (truth < 0) goto done;
+        if (truth) {
+            PyObject *on_events = GET(self->flows, s_on_events);
+            if (on_events == NULL) goto done;
+            PyObject *ret = PyObject_CallOneArg(on_events, events);
+            Py_DECREF(on_events);
+            if (ret == NULL) goto done;
+            Py_DECREF(ret);
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(events);
+    fast_clear(&f);
+    return result;
+}
+
+static PyObject *inorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *flows;
+    static char *names[] = {"flows", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:InOrder", names, &flows)) return NULL;
+    InOrder *self = (InOrder *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->vectorcall = inorder_vectorcall;
+    self->flows = Py_NewRef(flows);
+    if ((self->conns = GET(flows, s_table)) == NULL || (self->ports = GET(flows, s_ports)) == NULL ||
+        (self->server_ips = GET(flows, s_server_ips)) == NULL || (self->fallback = GET(flows, s_segment)) == NULL)
+        goto fail;
+    if (!PyDict_CheckExact(self->conns)) {
+        PyErr_SetString(PyExc_TypeError, "InOrder: flows.table must be a dict");
+        goto fail;
+    }
+    if (!PyAnySet_Check(self->ports) || (self->server_ips != Py_None && !PyAnySet_Check(self->server_ips))) {
+        PyErr_SetString(PyExc_TypeError, "InOrder: flows.ports and flows.server_ips must be sets");
+        goto fail;
+    }
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int inorder_traverse(InOrder *self, visitproc visit, void *arg) {
+    Py_VISIT(self->flows);
+    Py_VISIT(self->conns);
+    Py_VISIT(self->ports);
+    Py_VISIT(self->server_ips);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int inorder_clear(InOrder *self) {
+    Py_CLEAR(self->flows);
+    Py_CLEAR(self->conns);
+    Py_CLEAR(self->ports);
+    Py_CLEAR(self->server_ips);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void inorder_dealloc(InOrder *self) {
+    PyObject_GC_UnTrack(self);
+    inorder_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *assumed_constants(PyObject *module, PyObject *unused) {
+    return Py_BuildValue("{sisisisisisi}", "TCP_FIN", TCP_FIN, "TCP_SYN", TCP_SYN, "TCP_RST", TCP_RST, "TCP_ACK",
+                         TCP_ACK, "TO_SERVER", TO_SERVER, "TO_CLIENT", TO_CLIENT);
+}
+
+static PyMemberDef inorder_members[] = {
+    {"flows", T_OBJECT, offsetof(InOrder, flows), READONLY, "the FlowTable"},
+    {NULL},
+};
+
+static PyTypeObject InOrderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "probe._cflows.InOrder",
+    .tp_basicsize = sizeof(InOrder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "InOrder(flows)(ts_ns, seg): FlowTable.segment with its in-order common case compiled.",
+    .tp_new = inorder_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(InOrder, vectorcall),
+    .tp_traverse = (traverseproc)inorder_traverse,
+    .tp_clear = (inquiry)inorder_clear,
+    .tp_dealloc = (destructor)inorder_dealloc,
+    .tp_members = inorder_members,
+};
+
+static PyMethodDef module_methods[] = {
+    {"assumed_constants", assumed_constants, METH_NOARGS, "The flag and direction values this module assumes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *module) {
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    INTERN(s_table, "table");
+    INTERN(s_ports, "ports");
+    INTERN(s_server_ips, "server_ips");
+    INTERN(s_segment, "segment");
+    INTERN(s_waiting, "waiting");
+    INTERN(s_halves, "halves");
+    INTERN(s_started, "started");
+    INTERN(s_fin, "fin");
+    INTERN(s_offset, "offset");
+    INTERN(s_next_seq, "next_seq");
+    INTERN(s_ooo, "ooo");
+    INTERN(s_conv, "conv");
+    INTERN(s_feed, "feed");
+    INTERN(s_on_events, "on_events");
+    INTERN(s_tcp_segments, "tcp_segments");
+    INTERN(s_last_ns, "last_ns");
+#undef INTERN
+    if (PyType_Ready(&InOrderType) < 0) return -1;
+    Py_INCREF(&InOrderType);
+    if (PyModule_AddObject(module, "InOrder", (PyObject *)&InOrderType) < 0) {
+        Py_DECREF(&InOrderType);
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "probe._cflows",
+    .m_doc = "The in-order fast path of probe.flows.FlowTable.segment (see probe/_cflows.c).",
+    .m_size = 0,
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+};
+
+PyMODINIT_FUNC PyInit__cflows(void) { return PyModuleDef_Init(&module_def); }
