@@ -14,8 +14,12 @@
  * (MYSQLPROBE_NO_EXTENSIONS=1 runs it alone; tests/probe/test_cflows.py requires both to
  * give the same bytes, events, counters and state).
  *
- * table.table, table.ports and table.server_ips are read once, at construction (FlowTable
- * never rebinds them); on_events and every connection field are read at each call.
+ * table.table, table.ports, table.server_ips and table.__dict__ are read once, at
+ * construction (FlowTable never rebinds them); tcp_segments and on_events are read from that
+ * __dict__ at each call (FlowTable's class defines neither). The fields of a Connection and
+ * of a HalfStream are __slots__: they are read and written at the offsets of the slots'
+ * member descriptors, found at construction and used only on objects whose type is exactly
+ * probe.flows.Connection or probe.flows.HalfStream (anything else falls back).
  *
  * Memory safety: no pointer into a Python object is kept across calls; sequence numbers
  * are compared modulo 2**32 as flows.py's masks do; stream offsets are long long (a
@@ -37,9 +41,24 @@
 static PyObject *s_table, *s_ports, *s_server_ips, *s_segment, *s_waiting, *s_halves, *s_started, *s_fin,
     *s_offset, *s_next_seq, *s_ooo, *s_conv, *s_feed, *s_on_events, *s_tcp_segments, *s_last_ns;
 
+/* Offsets of the __slots__ of probe.flows.Connection and HalfStream. */
+typedef struct {
+    Py_ssize_t waiting, halves, conv, last_ns;
+} ConnSlots;
+typedef struct {
+    Py_ssize_t started, next_seq, offset, fin, ooo;
+} HalfSlots;
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
 typedef struct {
     PyObject_HEAD
     PyObject *flows;      /* the FlowTable */
+    PyObject *attrs;      /* flows.__dict__ */
+    PyObject *conn_type;  /* probe.flows.Connection */
+    PyObject *half_type;  /* probe.flows.HalfStream */
+    ConnSlots conn_slots;
+    HalfSlots half_slots;
     PyObject *conns;      /* flows.table */
     PyObject *ports;      /* flows.ports */
     PyObject *server_ips; /* flows.server_ips (None: any) */
@@ -50,43 +69,33 @@ typedef struct {
 /* A new reference to obj.name, NULL (error set) if missing. */
 #define GET(obj, name) PyObject_GetAttr((obj), (name))
 
-/* obj.name as a long long into *out: 0, or -1 when absent or not an int that fits (error
- * cleared: the caller falls back). */
-static int get_ll(PyObject *obj, PyObject *name, long long *out) {
-    PyObject *value = GET(obj, name);
-    if (value == NULL) goto bad;
-    if (!PyLong_CheckExact(value)) {
-        Py_DECREF(value);
-        return -1;
-    }
+/* A value (borrowed, may be NULL) as a long long into *out: 0, or -1 when absent or not an
+ * int that fits (error cleared: the caller falls back). */
+static int as_ll(PyObject *value, long long *out) {
+    if (value == NULL || !PyLong_CheckExact(value)) return -1;
     int overflow = 0;
     *out = PyLong_AsLongLongAndOverflow(value, &overflow);
-    Py_DECREF(value);
-    if (overflow || (*out == -1 && PyErr_Occurred())) goto bad;
-    return 0;
-bad:
-    PyErr_Clear();
-    return -1;
-}
-
-static int set_ll(PyObject *obj, PyObject *name, long long value) {
-    PyObject *boxed = PyLong_FromLongLong(value);
-    if (boxed == NULL) return -1;
-    int rc = PyObject_SetAttr(obj, name, boxed);
-    Py_DECREF(boxed);
-    return rc;
-}
-
-/* 1 when obj.name is True, 0 when False, -1 otherwise (error cleared). */
-static int get_flag(PyObject *obj, PyObject *name) {
-    PyObject *value = GET(obj, name);
-    if (value == NULL) {
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
         PyErr_Clear();
         return -1;
     }
-    int flag = value == Py_True ? 1 : value == Py_False ? 0 : -1;
-    Py_DECREF(value);
-    return flag;
+    return 0;
+}
+
+/* Sets a slot of obj (an object of the slot's exact type) to a new int. */
+static int set_slot_ll(PyObject *obj, Py_ssize_t offset, long long value) {
+    PyObject *boxed = PyLong_FromLongLong(value);
+    if (boxed == NULL) return -1;
+    PyObject *old = SLOT(obj, offset);
+    SLOT(obj, offset) = boxed;
+    Py_XDECREF(old); /* an int: no code runs */
+    return 0;
+}
+
+/* 1 when a slot holds True, 0 when False, -1 otherwise. */
+static int slot_flag(PyObject *obj, Py_ssize_t offset) {
+    PyObject *value = SLOT(obj, offset);
+    return value == Py_True ? 1 : value == Py_False ? 0 : -1;
 }
 
 /* An exact int in [0, 2**32) from a tuple item, or -1. */
@@ -162,29 +171,25 @@ static int classify(InOrder *self, PyObject *seg, Fast *f) {
     PyObject *conn = PyDict_GetItemWithError(self->conns, key); /* borrowed */
     Py_DECREF(key);
     if (conn == NULL) goto bad;
-    Py_INCREF(conn);
-    f->conn = conn;
+    if ((PyObject *)Py_TYPE(conn) != self->conn_type) return 0;
+    f->conn = Py_NewRef(conn);
+    const ConnSlots *cs = &self->conn_slots;
+    const HalfSlots *hs = &self->half_slots;
 
-    PyObject *waiting = GET(conn, s_waiting);
-    if (waiting == NULL) goto bad;
-    Py_DECREF(waiting); /* only its identity is compared */
-    if (waiting != Py_None) goto no;
-    PyObject *halves = GET(conn, s_halves);
-    if (halves == NULL) goto bad;
-    if (!PyTuple_CheckExact(halves) || PyTuple_GET_SIZE(halves) != 2) {
-        Py_DECREF(halves);
-        goto no;
-    }
-    f->half = Py_NewRef(PyTuple_GET_ITEM(halves, f->direction));
-    PyObject *other = Py_NewRef(PyTuple_GET_ITEM(halves, 1 - f->direction));
-    Py_DECREF(halves);
+    if (SLOT(conn, cs->waiting) != Py_None) goto no;
+    PyObject *halves = SLOT(conn, cs->halves);
+    if (halves == NULL || !PyTuple_CheckExact(halves) || PyTuple_GET_SIZE(halves) != 2) goto no;
+    PyObject *half = PyTuple_GET_ITEM(halves, f->direction), *other = PyTuple_GET_ITEM(halves, 1 - f->direction);
+    if ((PyObject *)Py_TYPE(half) != self->half_type || (PyObject *)Py_TYPE(other) != self->half_type) goto no;
+    f->half = Py_NewRef(half);
+    other = Py_NewRef(other);
 
     /* The acknowledgement: the peer's half must have started and not be ahead of us. */
     int ok = 0;
-    int started = get_flag(other, s_started), fin = get_flag(other, s_fin);
+    int started = slot_flag(other, hs->started), fin = slot_flag(other, hs->fin);
     if (started == 1 && fin == 0) {
         long long other_offset, other_next;
-        if (get_ll(other, s_offset, &other_offset) == 0 && get_ll(other, s_next_seq, &other_next) == 0 &&
+        if (as_ll(SLOT(other, hs->offset), &other_offset) == 0 && as_ll(SLOT(other, hs->next_seq), &other_next) == 0 &&
             other_next >= 0 && other_next <= 0xFFFFFFFFLL && other_offset > -(1LL << 62) &&
             other_offset < (1LL << 62)) {
             f->ack_off = other_offset + seq_diff(ack, other_next);
@@ -200,17 +205,15 @@ static int classify(InOrder *self, PyObject *seg, Fast *f) {
 
     if (PyBytes_GET_SIZE(payload) == 0) return 1;
     /* In order, nothing held. */
-    if (get_flag(f->half, s_started) != 1) goto no;
-    if (get_ll(f->half, s_next_seq, &f->half_next) != 0 || f->half_next != seq) goto no;
-    if (get_ll(f->half, s_offset, &f->half_offset) != 0) goto no;
-    PyObject *ooo = GET(f->half, s_ooo);
-    if (ooo == NULL) goto bad;
-    int empty = PyDict_CheckExact(ooo) && PyDict_GET_SIZE(ooo) == 0;
-    Py_DECREF(ooo);
-    if (!empty) goto no;
+    if (slot_flag(half, hs->started) != 1) goto no;
+    if (as_ll(SLOT(half, hs->next_seq), &f->half_next) != 0 || f->half_next != seq) goto no;
+    if (as_ll(SLOT(half, hs->offset), &f->half_offset) != 0) goto no;
+    PyObject *ooo = SLOT(half, hs->ooo);
+    if (ooo == NULL || !PyDict_CheckExact(ooo) || PyDict_GET_SIZE(ooo) != 0) goto no;
     if (f->half_offset > LLONG_MAX - PyBytes_GET_SIZE(payload)) goto no;
-    f->conv = GET(conn, s_conv);
-    if (f->conv == NULL) goto bad;
+    f->conv = SLOT(conn, cs->conv);
+    if (f->conv == NULL) goto no;
+    Py_INCREF(f->conv);
     return 1;
 bad:
     PyErr_Clear();
@@ -231,17 +234,25 @@ static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, s
     /* From here on, what FlowTable.segment does for this segment. */
     PyObject *result = NULL, *events = NULL;
     long long segments;
-    if (get_ll(self->flows, s_tcp_segments, &segments) != 0 || segments == LLONG_MAX) {
+    PyObject *counted = PyDict_GetItemWithError(self->attrs, s_tcp_segments); /* borrowed */
+    if (as_ll(counted, &segments) != 0 || segments == LLONG_MAX) {
+        PyErr_Clear();
         fast_clear(&f);
         return fall_back(self, args); /* not an int: Python's += decides */
     }
-    if (set_ll(self->flows, s_tcp_segments, segments + 1) < 0) goto done;
-    if (PyObject_SetAttr(f.conn, s_last_ns, ts) < 0) goto done;
+    PyObject *boxed = PyLong_FromLongLong(segments + 1);
+    if (boxed == NULL) goto done;
+    int stored = PyDict_SetItem(self->attrs, s_tcp_segments, boxed);
+    Py_DECREF(boxed);
+    if (stored < 0) goto done;
+    PyObject *old_ns = SLOT(f.conn, self->conn_slots.last_ns);
+    SLOT(f.conn, self->conn_slots.last_ns) = Py_NewRef(ts);
+    Py_XDECREF(old_ns); /* an int: no code runs */
     PyObject *payload = PyTuple_GET_ITEM(seg, 7);
     Py_ssize_t size = PyBytes_GET_SIZE(payload);
     if (size > 0) {
-        if (set_ll(f.half, s_offset, f.half_offset + size) < 0) goto done;
-        if (set_ll(f.half, s_next_seq, (f.half_next + size) & 0xFFFFFFFFLL) < 0) goto done;
+        if (set_slot_ll(f.half, self->half_slots.offset, f.half_offset + size) < 0) goto done;
+        if (set_slot_ll(f.half, self->half_slots.next_seq, (f.half_next + size) & 0xFFFFFFFFLL) < 0) goto done;
         PyObject *direction = PyLong_FromLong(f.direction);
         if (direction == NULL) goto done;
         PyObject *ack_off = f.has_ack_off ? PyLong_FromLongLong(f.ack_off) : Py_NewRef(Py_None);
@@ -257,7 +268,8 @@ static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, s
         int truth = PyObject_IsTrue(events);
         if (truth < 0) goto done;
         if (truth) {
-            PyObject *on_events = GET(self->flows, s_on_events);
+            PyObject *on_events = PyDict_GetItemWithError(self->attrs, s_on_events);
+            on_events = on_events != NULL ? Py_NewRef(on_events) : PyErr_Occurred() ? NULL : GET(self->flows, s_on_events);
             if (on_events == NULL) goto done;
             PyObject *ret = PyObject_CallOneArg(on_events, events);
             Py_DECREF(on_events);
@@ -272,6 +284,50 @@ done:
     return result;
 }
 
+/* The offset of the __slots__ member `name` of class `cls` (a writable object slot). */
+static int slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *out) {
+    PyObject *descr = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, name); /* borrowed */
+    if (descr == NULL) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "InOrder: %R has no slot %R", cls, name);
+        return -1;
+    }
+    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "InOrder: %R.%U is not a slot", cls, name);
+        return -1;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != T_OBJECT_EX || (member->flags & READONLY) || member->offset < (Py_ssize_t)sizeof(PyObject) ||
+        member->offset > ((PyTypeObject *)cls)->tp_basicsize - (Py_ssize_t)sizeof(PyObject *)) {
+        PyErr_Format(PyExc_TypeError, "InOrder: %R.%U is not a writable object slot", cls, name);
+        return -1;
+    }
+    *out = member->offset;
+    return 0;
+}
+
+static int find_slots(InOrder *self) {
+    PyObject *module = PyImport_ImportModule("probe.flows");
+    if (module == NULL) return -1;
+    self->conn_type = PyObject_GetAttrString(module, "Connection");
+    self->half_type = PyObject_GetAttrString(module, "HalfStream");
+    Py_DECREF(module);
+    if (self->conn_type == NULL || self->half_type == NULL) return -1;
+    if (!PyType_Check(self->conn_type) || !PyType_Check(self->half_type)) {
+        PyErr_SetString(PyExc_TypeError, "InOrder: probe.flows.Connection and HalfStream must be classes");
+        return -1;
+    }
+    ConnSlots *c = &self->conn_slots;
+    HalfSlots *h = &self->half_slots;
+    PyObject *conn = self->conn_type, *half = self->half_type;
+    if (slot_offset(conn, s_waiting, &c->waiting) < 0 || slot_offset(conn, s_halves, &c->halves) < 0 ||
+        slot_offset(conn, s_conv, &c->conv) < 0 || slot_offset(conn, s_last_ns, &c->last_ns) < 0 ||
+        slot_offset(half, s_started, &h->started) < 0 || slot_offset(half, s_next_seq, &h->next_seq) < 0 ||
+        slot_offset(half, s_offset, &h->offset) < 0 || slot_offset(half, s_fin, &h->fin) < 0 ||
+        slot_offset(half, s_ooo, &h->ooo) < 0)
+        return -1;
+    return 0;
+}
+
 static PyObject *inorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     PyObject *flows;
     static char *names[] = {"flows", NULL};
@@ -281,10 +337,11 @@ static PyObject *inorder_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     self->vectorcall = inorder_vectorcall;
     self->flows = Py_NewRef(flows);
     if ((self->conns = GET(flows, s_table)) == NULL || (self->ports = GET(flows, s_ports)) == NULL ||
-        (self->server_ips = GET(flows, s_server_ips)) == NULL || (self->fallback = GET(flows, s_segment)) == NULL)
+        (self->server_ips = GET(flows, s_server_ips)) == NULL || (self->fallback = GET(flows, s_segment)) == NULL ||
+        (self->attrs = PyObject_GenericGetDict(flows, NULL)) == NULL || find_slots(self) < 0)
         goto fail;
-    if (!PyDict_CheckExact(self->conns)) {
-        PyErr_SetString(PyExc_TypeError, "InOrder: flows.table must be a dict");
+    if (!PyDict_CheckExact(self->conns) || !PyDict_CheckExact(self->attrs)) {
+        PyErr_SetString(PyExc_TypeError, "InOrder: flows.table and flows.__dict__ must be dicts");
         goto fail;
     }
     if (!PyAnySet_Check(self->ports) || (self->server_ips != Py_None && !PyAnySet_Check(self->server_ips))) {
@@ -303,6 +360,9 @@ static int inorder_traverse(InOrder *self, visitproc visit, void *arg) {
     Py_VISIT(self->ports);
     Py_VISIT(self->server_ips);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->attrs);
+    Py_VISIT(self->conn_type);
+    Py_VISIT(self->half_type);
     return 0;
 }
 
@@ -312,6 +372,9 @@ static int inorder_clear(InOrder *self) {
     Py_CLEAR(self->ports);
     Py_CLEAR(self->server_ips);
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->attrs);
+    Py_CLEAR(self->conn_type);
+    Py_CLEAR(self->half_type);
     return 0;
 }
 
