@@ -391,6 +391,11 @@ class NodeMetrics:
             ("mysqlprobe_collector_messages_sent", "messages_sent", "Messages written to subscribers."),
             ("mysqlprobe_reports_acked", "acks", "Reports a master acknowledged to this node."),
             ("mysqlprobe_reports_replayed", "replayed", "Spooled reports resent to a master."),
+            (
+                "mysqlprobe_reports_reoffered",
+                "reoffered",
+                "Re-offers to a master of spooled reports left unacknowledged.",
+            ),
             ("mysqlprobe_stale_masters_refused", "stale_masters_refused", "Masters refused for a stale epoch."),
         ):
             yield _counter(name, doc, float(collector.get(key, 0) or 0))

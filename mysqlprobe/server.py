@@ -142,6 +142,12 @@ class _Subscriber:
 CLOSE_STALE_EPOCH = 4409
 #: Close code for a control message from a subscriber without the token.
 CLOSE_UNAUTHENTICATED = 4401
+#: A report still unacknowledged this many reports later is offered to the current master
+#: again, at most once per as many reports: an acknowledgement lost on the way (sent while
+#: the master's connection was being replaced, refused before its hello) would otherwise
+#: keep it in the spool until the next hello. The master merges each report once.
+REOFFER_AFTER = 10
+
 #: Largest epoch accepted in a hello (what a JSON number keeps exactly everywhere).
 MAX_EPOCH = 2**53 - 1
 
@@ -202,6 +208,8 @@ class CollectorHub:
         # subscribes, removed on its acknowledgement). None: no delivery guarantee.
         self.spool: DiskSpool | None = None
         self.replayed = 0
+        self.reoffered = 0  # re-offers of reports left unacknowledged (REOFFER_AFTER)
+        self._last_reoffer = 0  # the seq of the report that last triggered one
         self.acks = 0
         self._replays: set[asyncio.Future[None]] = set()
 
@@ -222,6 +230,7 @@ class CollectorHub:
         self.last_report = report
         if self.spool is not None and "seq" in report:
             self.spool.append((str(report.get("incarnation", "")), int(report["seq"])), encode(report))
+            self._reoffer(int(report["seq"]))
         bare = [{k: v for k, v in t.items() if k != "template"} for t in report.get("templates", ())]
         for sub in list(self.subscribers):
             entries = []
@@ -405,11 +414,30 @@ class CollectorHub:
             self._replays = {task for task in self._replays if not task.done()}
             self._replays.add(asyncio.ensure_future(self._replay(sub)))
 
-    async def _replay(self, sub: _Subscriber) -> None:
-        """Send a master every report it has not acknowledged, oldest first. Live reports
-        may overtake or repeat some of them: the master merges each (node, seq) once."""
+    def _reoffer(self, seq: int) -> None:
+        """Offer the current masters again the reports left unacknowledged REOFFER_AFTER
+        reports ago (see there)."""
         assert self.spool is not None
-        for _, data in list(self.spool.items()):
+        oldest = self.spool.status()["oldest_seq"]
+        if oldest is None or seq - oldest < REOFFER_AFTER or seq - self._last_reoffer < REOFFER_AFTER:
+            return
+        masters = [sub for sub in self.subscribers if sub.master is not None and sub.epoch == self.max_epoch]
+        if not masters:
+            return
+        self._last_reoffer = seq
+        self._replays = {task for task in self._replays if not task.done()}
+        for sub in masters:
+            self.reoffered += 1
+            self._replays.add(asyncio.ensure_future(self._replay(sub, before=seq - REOFFER_AFTER + 1)))
+
+    async def _replay(self, sub: _Subscriber, before: int | None = None) -> None:
+        """Send a master every report it has not acknowledged (with ``before``, those of
+        lower seqs), oldest first. Live reports may overtake or repeat some of them: the
+        master merges each (node, incarnation, seq) once."""
+        assert self.spool is not None
+        for (_, seq), data in list(self.spool.items()):
+            if before is not None and seq >= before:
+                continue
             if sub not in self.subscribers or sub.ws.closed:
                 return
             try:
@@ -459,6 +487,7 @@ class CollectorHub:
             "inbound_too_large": self.inbound_too_large,
             "spool": self.spool.status() if self.spool is not None else None,
             "replayed": self.replayed,
+            "reoffered": self.reoffered,
             "acks": self.acks,
         }
 

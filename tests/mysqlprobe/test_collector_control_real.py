@@ -1,7 +1,8 @@
 """A hostile /collector client against a real slave process with a token set: control
 messages without the token, malformed epochs and acknowledgements for other nodes change
 nothing, are counted and answered with a reason; a real master with the token is accepted
-and its acknowledgements empty the slave's spool."""
+and its acknowledgements empty the slave's spool; a report a master leaves unacknowledged
+is offered to it again."""
 
 from __future__ import annotations
 
@@ -173,4 +174,48 @@ def test_a_master_with_the_token_is_accepted_and_acknowledges(tmp_path: Path) ->
         assert links[0]["state"] == "connected" and links[0]["reports"] >= 3
     finally:
         master.stop()
+        node.stop()
+
+
+def test_a_report_left_unacknowledged_is_offered_again(tmp_path: Path) -> None:
+    """An acknowledgement lost on the way must not keep a report in the spool until the
+    next hello: REOFFER_AFTER reports later the slave sends it to the master again."""
+    node = slave(tmp_path, "s").start()
+
+    async def master() -> tuple[int, list[int], int]:
+        url = f"ws://127.0.0.1:{node.port}/collector"
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            await ws.send(json.dumps({"hello": {"node": "m", "role": "master", "epoch": 1}}))
+            withheld: int | None = None
+            seen: list[int] = []
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                frame = await asyncio.wait_for(ws.recv(), 10)
+                if isinstance(frame, str):
+                    continue
+                report = decode(frame)
+                if report.get("kind") != "interval":
+                    continue
+                seq, incarnation = int(report["seq"]), str(report["incarnation"])
+                seen.append(seq)
+                if withheld is None:
+                    withheld = seq  # never acknowledged: as if the ack were lost
+                    continue
+                if seq == withheld and seen.count(seq) == 2:
+                    await ws.send(json.dumps({"ack": {"node": "s", "incarnation": incarnation, "seqs": [seq]}}))
+                    return withheld, seen, seen.index(seq, seen.index(seq) + 1)
+                await ws.send(json.dumps({"ack": {"node": "s", "incarnation": incarnation, "seqs": [seq]}}))
+            raise AssertionError(f"report {withheld} was not offered again; seen {seen}")
+
+    try:
+        withheld, seen, again_at = asyncio.run(master())
+        # offered again when the REOFFER_AFTER-th newer report is published (the re-offer
+        # may overtake that report on the wire), not before
+        assert seen[again_at - 1] >= withheld + 9, seen
+        deadline = time.monotonic() + 10
+        while (hub := node.get("/status")["collector"])["spool"]["reports"] > 1 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert hub["reoffered"] >= 1 and hub["control_rejected"] == 0
+        assert node.get("/status")["collector"]["spool"]["oldest_seq"] != withheld
+    finally:
         node.stop()
