@@ -54,15 +54,19 @@ class Background:
 
 
 def wait_settled(slave: Node, master: Node, timeout: float = 60.0) -> dict[str, Any]:
-    """Until the slave's spool is empty (every report acknowledged) and the master's
-    totals stop moving."""
+    """Until every report the slave published up to the one after this call (the interval
+    under way holds the workload's tail) is acknowledged, and the master's totals stop
+    moving. The spool is rarely empty: the slave reports every interval, and its newest
+    report waits there until the master's next interval ends."""
     deadline = time.monotonic() + timeout
+    target = int(slave.get("/status")["seq"]) + 1
     previous = None
     while time.monotonic() < deadline:
         spool = slave.get("/status")["collector"]["spool"]
         totals = master.get("/report/totals")
-        counts = [(t["key"], t["db"], t["count"]) for t in totals["templates"]]
-        if spool["reports"] == 0 and counts == previous:
+        counts = [(t["key"], t["db"], t["user"], t["count"]) for t in totals["templates"]]
+        acknowledged = spool["reports"] == 0 or (spool["oldest_seq"] is not None and spool["oldest_seq"] > target)
+        if acknowledged and counts == previous:
             return totals
         previous = counts
         time.sleep(1.5)
