@@ -133,10 +133,14 @@ class MasterNode(BaseNode):
                     return False
                 self.checkpoints += 1
         if acknowledge:
-            acks, self.published_acks = self.published_acks, {}
-            for (_, node, incarnation), (link, seqs) in acks.items():
-                await self.subscriptions.ack(link, node, incarnation, seqs)
+            await self._acknowledge_published()
         return True
+
+    async def _acknowledge_published(self) -> None:
+        """Acknowledge the reports of published intervals (the slaves forget them)."""
+        acks, self.published_acks = self.published_acks, {}
+        for (_, node, incarnation), (link, seqs) in acks.items():
+            await self.subscriptions.ack(link, node, incarnation, seqs)
 
     def _refused(self, link: Link, code: int) -> None:
         log.warning("slave %s refused epoch %d: a newer master leads; stepping down", link.addr, self.clustering.epoch)
@@ -211,7 +215,11 @@ class MasterNode(BaseNode):
                 for key, (link, seqs) in acks.items():
                     self.published_acks.setdefault(key, (link, []))[1].extend(seqs)
                 if durable:
-                    await self.checkpoint()
+                    # At once: the report holding them is checkpointed and out. Writing a
+                    # checkpoint of what was merged meanwhile first would widen the window in
+                    # which a master killed after publishing leaves them unacknowledged, and
+                    # the next master merges them a second time.
+                    await self._acknowledge_published()
                 if self.history is not None:
                     await self.history.flush()  # in history before the outbox forgets it
                 self.outbox = None
