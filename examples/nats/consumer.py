@@ -72,6 +72,12 @@ async def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument(
+        "--fetch-wait",
+        type=float,
+        default=5.0,
+        help="seconds a pull request waits on the server; keep it longer than the slaves' interval",
+    )
+    parser.add_argument(
         "--ack-wait", type=float, default=30.0, help="seconds before an unacknowledged report is redelivered"
     )
     parser.add_argument(
@@ -93,7 +99,11 @@ async def main() -> None:
     print(f"{args.name}: merging {STREAM} into {args.redis}", flush=True)
     while True:
         try:
-            messages = await sub.fetch(args.batch, timeout=1.0)
+            # A pull request lingers on the server and JetStream serves waiting requests in
+            # order. A wait as short as the report interval phase-locks with it: an idle
+            # instance re-asks just after each report and another gets every report (seen
+            # in CI: c2 merged reports 1-55 while c1 waited).
+            messages = await sub.fetch(args.batch, timeout=args.fetch_wait)
         except NatsTimeout:
             continue
         for msg in messages:
