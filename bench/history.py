@@ -87,7 +87,7 @@ def bench_writes(name: str, dsn: str, path: Path, templates: int, intervals: int
     costs = []
     for i in range(intervals):
         start = t0 + i * INTERVAL
-        rows = [(interval_stats(rng, k, start, rng.randint(1, calls[k])), "") for k in range(templates)]
+        rows = [interval_stats(rng, k, start, rng.randint(1, calls[k])) for k in range(templates)]
         began = time.perf_counter()
         store.write("bench", start, rows, start + INTERVAL)
         costs.append(time.perf_counter() - began)

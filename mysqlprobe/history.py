@@ -111,10 +111,9 @@ def retention_of(config: HistoryConfig, interval_s: int) -> Retention:
     )
 
 
-def report_rows(report: dict[str, Any]) -> list[tuple[TemplateStats, str]]:
-    """A report's template entries with the user each belongs to (a history row's user)."""
-    rows = [TemplateStats.from_json(t) for t in report.get("templates", ())]
-    return [(stats, stats.user) for stats in rows]
+def report_rows(report: dict[str, Any]) -> list[TemplateStats]:
+    """A report's template entries (each carries the user it belongs to)."""
+    return [TemplateStats.from_json(t) for t in report.get("templates", ())]
 
 
 class HistoryService:

@@ -253,12 +253,12 @@ class HistoryStore:
         self,
         source: str,
         start_ns: int,
-        templates: Sequence[tuple[TemplateStats, str]],
+        templates: Sequence[TemplateStats],
         now_ns: int,
     ) -> bool:
-        """Store one interval of ``source`` (a node) starting at ``start_ns``: each entry is
-        the template's statistics and the user it belongs to ('' when not known). Returns
-        False when this interval of this source was written before."""
+        """Store one interval of ``source`` (a node) starting at ``start_ns``: the templates'
+        statistics, each under its own (server, db, user, key). Returns False when this
+        interval of this source was written before."""
         db = self.db
         db.begin()
         try:
@@ -269,10 +269,10 @@ class HistoryStore:
             db.execute("INSERT INTO history_reports (source, start_ns) VALUES (?, ?)", (source, start_ns))
             merged: dict[SeriesKey, TemplateStats] = {}
             texts: dict[str, TemplateStats] = {}
-            for stats, user in templates:
+            for stats in templates:
                 if stats.count <= 0:
                     continue
-                key = (stats.server, stats.db, user, stats.key)
+                key = (stats.server, stats.db, stats.user, stats.key)
                 have = merged.get(key)
                 if have is None:
                     merged[key] = have = TemplateStats(stats.server, stats.db, stats.key, stats.template)

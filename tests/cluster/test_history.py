@@ -69,7 +69,7 @@ def test_top_over_rollups_equals_one_sketch_of_everything(backend: tuple[str, Pa
         for key in range(6):
             # Template 0 has a bad stretch: a few slow intervals among many fast ones.
             stats = interval_stats(rng, key, start, slow=key == 0 and i % 50 == 0)
-            rows.append((stats, ""))
+            rows.append(stats)
             whole.setdefault(stats.key, TemplateStats(stats.server, stats.db, stats.key, "")).merge(stats)
             per_interval_p99.setdefault(stats.key, []).append(stats.sketch.quantile(0.99) or 0.0)
         assert store.write("slave-1", start, rows, now_ns=start + INTERVAL)
@@ -114,10 +114,11 @@ def test_orders_filters_and_limit(backend: tuple[str, Path]) -> None:
     store = open_store(backend)
     for i in range(30):
         start = T0 + i * INTERVAL
-        rows = [(interval_stats(rng, key, start, slow=key == 4), "") for key in range(5)]
+        rows = [interval_stats(rng, key, start, slow=key == 4) for key in range(5)]
         other = interval_stats(rng, 9, start)
         other.db = "other"
-        rows.append((other, "app"))
+        other.user = "app"
+        rows.append(other)
         store.write("n", start, rows, start + INTERVAL)
     end = T0 + 30 * INTERVAL
     by_p99 = store.top(T0, end, order="p99", limit=2)["templates"]
@@ -135,23 +136,23 @@ def test_orders_filters_and_limit(backend: tuple[str, Path]) -> None:
 def test_a_report_written_twice_counts_once(backend: tuple[str, Path]) -> None:
     rng = random.Random(3)
     store = open_store(backend)
-    rows = [(interval_stats(rng, 1, T0), "")]
+    rows = [interval_stats(rng, 1, T0)]
     assert store.write("master", T0, rows, T0 + INTERVAL)
     assert not store.write("master", T0, rows, T0 + INTERVAL)
     assert store.write("other-master", T0, rows, T0 + INTERVAL)  # another source: its own rows
     (entry,) = store.top(T0, T0 + INTERVAL)["templates"]
-    assert entry["count"] == 2 * rows[0][0].count
+    assert entry["count"] == 2 * rows[0].count
 
 
 def test_late_rows_are_added_into_rollups_already_made(backend: tuple[str, Path]) -> None:
     rng = random.Random(4)
     store = open_store(backend)
     first = interval_stats(rng, 1, T0)
-    store.write("a", T0, [(first, "")], T0 + INTERVAL)
+    store.write("a", T0, [first], T0 + INTERVAL)
     store.compact(T0 + 2 * HOUR_NS)  # the minute and the hour are rolled up
     assert store.marks().hours_until == T0 + HOUR_NS
     late = interval_stats(rng, 1, T0 + 30 * S)
-    store.write("b", T0 + 30 * S, [(late, "")], T0 + 2 * HOUR_NS)
+    store.write("b", T0 + 30 * S, [late], T0 + 2 * HOUR_NS)
     expected = first.sketch.copy()
     expected.merge(late.sketch)
     for start, end in ((T0, T0 + MINUTE_NS), (T0, T0 + HOUR_NS)):
@@ -172,7 +173,7 @@ def test_retention_moves_answers_to_coarser_levels_then_says_what_is_covered(bac
         stats = interval_stats(rng, 1, start)
         total += stats.count
         after_first_minute += stats.count if start >= T0 + MINUTE_NS else 0
-        store.write("n", start, [(stats, "")], start + INTERVAL)
+        store.write("n", start, [stats], start + INTERVAL)
     query = (T0 + 3 * S, T0 + 3 * MINUTE_NS)
     assert store.top(*query)["templates"][0]["count"] == total
 
@@ -202,7 +203,7 @@ def test_byte_bound_drops_oldest_rolled_up_rows_and_counts_them(backend: tuple[s
     store = open_store(backend, Retention(max_bytes=200_000))
     for i in range(6 * 360):  # six hours
         start = T0 + i * INTERVAL
-        store.write("n", start, [(interval_stats(rng, k, start), "") for k in range(3)], start + INTERVAL)
+        store.write("n", start, [interval_stats(rng, k, start) for k in range(3)], start + INTERVAL)
     status = store.status()
     assert status["dropped_for_space"] > 0
     assert status["stored_bytes"] <= 200_000
@@ -220,8 +221,8 @@ def test_days_roll_up_from_hours_and_answer_long_ranges(backend: tuple[str, Path
     whole: dict[str, TemplateStats] = {}
     for i in range(2 * 48):  # an interval every 30 minutes for two days
         start = day0 + i * 30 * MINUTE_NS
-        rows = [(interval_stats(rng, key, start, slow=key == 1 and i % 9 == 0), "") for key in range(2)]
-        for stats, _ in rows:
+        rows = [interval_stats(rng, key, start, slow=key == 1 and i % 9 == 0) for key in range(2)]
+        for stats in rows:
             whole.setdefault(stats.key, TemplateStats("", "", stats.key, "")).merge(stats)
         store.write("n", start, rows, start + INTERVAL)
     store.compact(day0 + 3 * DAY_NS)
@@ -243,7 +244,7 @@ def test_series_per_step_and_template(backend: tuple[str, Path]) -> None:
         start = T0 + i * INTERVAL
         stats = interval_stats(rng, 3, start)
         counts[i // 6] += stats.count
-        store.write("n", start, [(stats, "")], start + INTERVAL)
+        store.write("n", start, [stats], start + INTERVAL)
     store.compact(T0 + HOUR_NS)
     answer = store.series(f"{3:016x}", T0, T0 + 12 * MINUTE_NS, MINUTE_NS)
     assert [p["count"] for p in answer["points"]] == counts
@@ -269,7 +270,7 @@ def test_series_per_step_and_template(backend: tuple[str, Path]) -> None:
 def test_migrations_are_versioned_and_reopening_keeps_rows(backend: tuple[str, Path]) -> None:
     rng = random.Random(10)
     store = open_store(backend)
-    store.write("n", T0, [(interval_stats(rng, 1, T0), "")], T0 + INTERVAL)
+    store.write("n", T0, [interval_stats(rng, 1, T0)], T0 + INTERVAL)
     store.db.close()
     again = open_store(backend)
     assert again.status()["schema_version"] == SCHEMA_VERSION
@@ -289,7 +290,7 @@ def test_ranking_by_p99_merges_only_what_it_must_and_equals_merging_everything(b
                 stats.count += 1
                 stats.latency_sum += 200_000 + key
                 stats.latency_max = max(stats.latency_max, 200_000 + key)
-            rows.append((stats, ""))
+            rows.append(stats)
         store.write("n", start, rows, start + INTERVAL)
     end = T0 + 12 * INTERVAL
     everything = store.merged(T0, end)
@@ -320,7 +321,7 @@ def test_a_version_1_store_is_migrated_and_its_rows_still_rank(tmp_path: Path) -
     conn.close()
     store = HistoryStore(open_database("", path))
     assert store.status()["schema_version"] == SCHEMA_VERSION == 2
-    store.write("n", T0 + INTERVAL, [(interval_stats(rng, 2, T0 + INTERVAL), "")], T0 + 2 * INTERVAL)
+    store.write("n", T0 + INTERVAL, [interval_stats(rng, 2, T0 + INTERVAL)], T0 + 2 * INTERVAL)
     (first, second) = store.top(T0, T0 + 2 * INTERVAL, order="p99", limit=2)["templates"]
     assert first["key"] == "aaaaaaaaaaaaaaaa" and first["latency_us"]["p99"] == slow.quantiles((0.99,))[0]
     assert second["key"] == f"{2:016x}"

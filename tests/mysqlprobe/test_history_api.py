@@ -42,7 +42,7 @@ def fill(path: Path, now_ns: int) -> dict[str, TemplateStats]:
                 stats.latency_max = max(stats.latency_max, value)
                 stats.sketch.add(value)
             stats.first_seen_ns, stats.last_seen_ns = start, start + 9 * S
-            rows.append((stats, ""))
+            rows.append(stats)
             whole.setdefault(stats.key, TemplateStats(stats.server, stats.db, stats.key, "")).merge(stats)
         store.write("filler", start, rows, start + 10 * S)
     store.db.close()
