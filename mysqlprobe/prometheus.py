@@ -243,6 +243,40 @@ def _gauge(name: str, doc: str, value: float, labels: Mapping[str, str] | None =
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def _degraded_families(status: Mapping[str, Any]) -> Iterator[Metric]:
+    """Whether each store of the node is degraded (its last write failed: full or read-only
+    disk, no descriptors), with its write errors and recoveries: the node keeps serving
+    meanwhile, so this is the only place an operator's alert can see it."""
+    degraded = GaugeMetricFamily(
+        "mysqlprobe_store_degraded", "1 while a store's writes fail (full or read-only disk).", labels=["store"]
+    )
+    errors = CounterMetricFamily("mysqlprobe_store_write_errors", "Failed writes of a store.", labels=["store"])
+    recoveries = CounterMetricFamily(
+        "mysqlprobe_store_recoveries", "Times a degraded store wrote again.", labels=["store"]
+    )
+    cluster = status.get("cluster")
+    election = cluster.get("election") if isinstance(cluster, Mapping) else None
+    history = status.get("history")
+    collector = status.get("collector")
+    stores = {
+        "state": status.get("state"),
+        "spool": collector.get("spool") if isinstance(collector, Mapping) else None,
+        "raft_journal": election.get("journal") if isinstance(election, Mapping) else None,
+        "history": history,
+    }
+    for store, info in stores.items():
+        if not isinstance(info, Mapping):
+            continue
+        failed = info.get("degraded") if "degraded" in info else bool(info.get("last_error"))
+        degraded.add_metric([store], 1.0 if failed else 0.0)
+        errors.add_metric([store], float(info.get("write_errors", 0) or 0))
+        if "recoveries" in info:
+            recoveries.add_metric([store], float(info.get("recoveries", 0) or 0))
+    yield degraded
+    yield errors
+    yield recoveries
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
@@ -446,6 +480,7 @@ class NodeMetrics:
                 ("rejected", "Slave reports rejected as malformed."),
             ):
                 yield _counter(f"mysqlprobe_merge_{name}", doc, float(merge.get(name, 0) or 0))
+        yield from _degraded_families(status)
         links = status.get("subscriptions")
         if isinstance(links, list):
             yield _gauge(

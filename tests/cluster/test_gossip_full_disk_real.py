@@ -17,6 +17,7 @@ import pytest
 from tests.mysqlprobe.test_full_disk_real import fill, remount, tmpfs
 from tests.support.mariadb import free_port
 from tests.support.nodes import Node, gossip_configs
+from tests.support.prom import parse, scrape, series
 
 pytestmark = [pytest.mark.live]
 if os.geteuid() != 0:  # pragma: no cover
@@ -106,6 +107,7 @@ def test_full_disks_on_master_and_standby_degrade_without_death_or_split_brain(t
             assert full["state"]["degraded"] and "raft.journal" in full["state"]["failing"], full["state"]
             assert "No space left" in full["state"]["failing"]["raft.journal"]
             assert raft_journal(full)["degraded"] and not raft_journal(full)["running"]
+            assert series(parse(scrape(nodes[first])), "mysqlprobe_store_degraded", store="raft_journal") == 1
             watch.hold(5)  # stays that way: alive, not master, nobody at a stale epoch
             assert watch.masters() == [other]
             # Gossip still works on the full node (its serf snapshot cannot be written).

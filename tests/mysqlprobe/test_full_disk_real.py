@@ -19,6 +19,7 @@ import pytest
 from pusher.spool import DiskSpool
 from tests.support.mariadb import free_port
 from tests.support.nodes import Node
+from tests.support.prom import parse, scrape, series
 
 pytestmark = [pytest.mark.live]
 if os.geteuid() != 0:  # pragma: no cover
@@ -89,6 +90,12 @@ def test_full_disk_on_a_slave_and_a_master_is_a_degraded_mode_that_recovers(tmp_
             assert spool["degraded"] and spool["write_errors"] > 0 and spool["overflowed"] == 0
             mstatus = master.get("/status")
             assert mstatus["state"]["degraded"] and "master.json" in mstatus["state"]["failing"]
+            # Prometheus sees it too: an alert needs no /status poller.
+            metrics = parse(scrape(slave))
+            assert series(metrics, "mysqlprobe_store_degraded", store="state") == 1
+            assert series(metrics, "mysqlprobe_store_degraded", store="spool") == 1
+            assert series(metrics, "mysqlprobe_store_write_errors_total", store="state") > 0
+            assert series(parse(scrape(master)), "mysqlprobe_store_degraded", store="state") == 1
             # The master cannot make what it merged durable, so it acknowledges nothing.
             acks_while_full = status["collector"]["acks"]
             time.sleep(2)
@@ -103,6 +110,10 @@ def test_full_disk_on_a_slave_and_a_master_is_a_degraded_mode_that_recovers(tmp_
             # seq.json is written again as soon as there is room; the spool at its next append.
             wait(lambda: not slave.get("/status")["collector"]["spool"]["degraded"], what="spool recovery")
             assert master.get("/status")["state"]["recoveries"] >= 1
+            metrics = parse(scrape(slave))
+            assert series(metrics, "mysqlprobe_store_degraded", store="state") == 0
+            assert series(metrics, "mysqlprobe_store_degraded", store="spool") == 0
+            assert series(metrics, "mysqlprobe_store_recoveries_total", store="state") >= 1
 
             def all_merged() -> bool:
                 merged = master.get("/report/totals")["slaves"]["s"]["merged"]

@@ -18,31 +18,13 @@ from typing import Any
 import pymysql
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from message.report import TemplateStats
 from mysqlprobe.prometheus import LATENCY_BUCKETS_S, NodeMetrics
 from tests.support import workload
 from tests.support.mariadb import MariaDB, free_port
 from tests.support.nodes import Collector, Node
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> Samples:
-    """Every sample of an exposition, by (name, sorted labels)."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def series(samples: Samples, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    found = [v for (n, ls), v in samples.items() if n == name and want <= set(ls)]
-    assert len(found) == 1, (name, labels, found)
-    return found[0]
+from tests.support.prom import Samples, parse, scrape, series
 
 
 def promtool_check(text: str) -> None:
@@ -107,12 +89,6 @@ def test_top_n_bounds_series_and_counters_never_go_back() -> None:
 @pytest.fixture(scope="module")
 def server() -> Iterator[MariaDB]:
     yield from workload.schema_server()
-
-
-def scrape(node: Node) -> str:
-    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as resp:
-        assert resp.headers["Content-Type"].startswith("text/plain; version=")
-        return str(resp.read().decode())
 
 
 def run_statements(server: MariaDB) -> None:
