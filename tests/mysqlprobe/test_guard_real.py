@@ -5,13 +5,18 @@ raised at start, and the node keeps answering /status and keeps its /collector s
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from mysqlprobe.guard import DESCRIPTOR_RESERVE
-from tests.support.nodes import Collector, Node
+from tests.support.mariadb import free_port
+from tests.support.nodes import Collector, Node, gossip_configs
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
@@ -101,3 +106,82 @@ def test_idle_connections_beyond_the_descriptor_limit(tmp_path: Path) -> None:
         for sock in sockets:
             sock.close()
         node.stop()
+
+
+def test_descriptor_flood_on_a_gossip_master_and_its_raft_port(tmp_path: Path) -> None:
+    """Gossip mode adds a serf agent's RPC connection and pysyncobj's Raft sockets, which
+    need descriptors too: 1,100 idle connections to the master's HTTP port, then 1,100 to its
+    Raft port, under a 1,024 limit, must leave one master (the same or a successor at a higher
+    epoch), every node alive, gossip answering and the slave's reports acknowledged."""
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))
+
+    configs = gossip_configs(["m1", "m2", "s1"], ["m1", "m2", "s1"], interval=1, lockttlms=3000)
+    configs["s1"]["probe"] = {"device": "lo", "port": free_port(), "workers": 1}
+    nodes: dict[str, Node] = {}
+    sockets: list[socket.socket] = []
+
+    def statuses() -> dict[str, dict[str, Any]]:
+        for name, node in nodes.items():
+            assert node.proc is not None and node.proc.poll() is None, f"{name} died: {node.log.read_text()[-2000:]}"
+        return {name: node.get("/status", timeout=10) for name, node in nodes.items()}
+
+    def masters(status: dict[str, dict[str, Any]]) -> list[tuple[int, str]]:
+        return sorted((s["epoch"], n) for n, s in status.items() if s["role"] == "master")
+
+    def wait_one_master(timeout: float) -> tuple[int, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = masters(statuses())
+            if len(found) == 1:
+                return found[0]
+            assert time.monotonic() < deadline, found
+            time.sleep(0.5)
+
+    def leader_cpu() -> float:
+        proc = nodes[leader].proc
+        assert proc is not None
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def acks() -> int:
+        return int(nodes["s1"].get("/status")["collector"]["acks"])
+
+    try:
+        for name, config in configs.items():
+            nodes[name] = Node(tmp_path, config, name).start(preexec_fn=low_limit if name != "s1" else None)
+        epoch, leader = wait_one_master(90)
+        for port in (nodes[leader].port, configs[leader]["cluster"]["raftport"]):
+            opened, flood_end = 0, time.monotonic() + 20
+            while opened < 1100 and time.monotonic() < flood_end:
+                try:
+                    sockets.append(socket.create_connection(("127.0.0.1", port), timeout=0.3))
+                    opened += 1
+                except OSError:  # a full accept backlog drops the SYN: try again
+                    pass
+            # HTTP: all 1,100 (the guard sheds the idlest); Raft: pysyncobj accepts slowly,
+            # ~450 in 20 s here, each one a descriptor held by the leader.
+            assert opened >= 300, opened
+            cpu = leader_cpu()
+            time.sleep(3)
+            assert leader_cpu() - cpu < 1.5, "the leader spins on a failing accept()"
+            before = acks()
+            time.sleep(4)
+            after_epoch, after_leader = wait_one_master(30)
+            assert after_epoch >= epoch
+            epoch = after_epoch
+            assert {e["name"] for e in nodes[after_leader].get("/cluster/listnodes")} == {"m1", "m2", "s1"}
+            deadline = time.monotonic() + 30
+            while acks() <= before:  # the slave's reports are still merged and acknowledged
+                assert time.monotonic() < deadline, "no acknowledgement during the flood"
+                time.sleep(0.5)
+        for sock in sockets:
+            sock.close()
+        sockets.clear()
+        assert len(masters(statuses())) == 1
+    finally:
+        for sock in sockets:
+            sock.close()
+        for node in nodes.values():
+            node.stop()
