@@ -60,4 +60,4 @@ python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy
-python3 -m pytest -q "$@"
+python3 -m pytest -q --durations=25 "$@"  # the slowest tests: CI must stay under 30 minutes
