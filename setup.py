@@ -41,7 +41,11 @@ setup(
     ext_modules=[
         Extension("probe._cdecode", ["probe/_cdecode.c"]),
         Extension("probe._cresponses", ["probe/_cresponses.c"]),
-        Extension("probe._cflows", ["probe/_cflows.c"]),
+        Extension(
+            "probe._cflows",
+            ["probe/_cflows.c", "probe/_cexchange.c", "probe/_cwire.c"],
+            depends=["probe/_cflows.h"],
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

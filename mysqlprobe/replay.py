@@ -46,7 +46,7 @@ _RECORD_OVERHEAD = 16  # pcap record header, for progress by bytes
 #: memory bound); the document's bound (``ReplayOptions.max_templates``) comes after the merge.
 WORKER_MAX_TEMPLATES = 200_000
 #: Capture counters that describe a worker's own work, not the file: in ``analysis``.
-_PER_WORKER_COUNTERS = ("normalizer_cache_resets",)
+_PER_WORKER_COUNTERS = ("normalizer_cache_resets", "fast_exchanges")
 
 
 @dataclass

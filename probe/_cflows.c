@@ -25,8 +25,8 @@
  * are compared modulo 2**32 as flows.py's masks do; stream offsets are long long (a
  * stream would need 2**63 bytes to overflow one, and a value that does not fit falls back).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_cflows.h"
+
 #include <structmember.h>
 
 /* probe/decode.py */
@@ -39,32 +39,8 @@
 #define TO_CLIENT 1
 
 static PyObject *s_table, *s_ports, *s_server_ips, *s_segment, *s_waiting, *s_halves, *s_started, *s_fin,
-    *s_offset, *s_next_seq, *s_ooo, *s_conv, *s_feed, *s_on_events, *s_tcp_segments, *s_last_ns;
+    *s_offset, *s_next_seq, *s_ooo, *s_conv, *s_feed, *s_on_events, *s_tcp_segments, *s_last_ns, *s_held;
 
-/* Offsets of the __slots__ of probe.flows.Connection and HalfStream. */
-typedef struct {
-    Py_ssize_t waiting, halves, conv, last_ns;
-} ConnSlots;
-typedef struct {
-    Py_ssize_t started, next_seq, offset, fin, ooo;
-} HalfSlots;
-
-#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *flows;      /* the FlowTable */
-    PyObject *attrs;      /* flows.__dict__ */
-    PyObject *conn_type;  /* probe.flows.Connection */
-    PyObject *half_type;  /* probe.flows.HalfStream */
-    ConnSlots conn_slots;
-    HalfSlots half_slots;
-    PyObject *conns;      /* flows.table */
-    PyObject *ports;      /* flows.ports */
-    PyObject *server_ips; /* flows.server_ips (None: any) */
-    PyObject *fallback;   /* flows.segment (bound) */
-    vectorcallfunc vectorcall;
-} InOrder;
 
 /* A new reference to obj.name, NULL (error set) if missing. */
 #define GET(obj, name) PyObject_GetAttr((obj), (name))
@@ -222,6 +198,19 @@ no:
     return 0;
 }
 
+int inorder_emit(InOrder *self, PyObject *events) {
+    int truth = PyObject_IsTrue(events);
+    if (truth <= 0) return truth;
+    PyObject *on_events = PyDict_GetItemWithError(self->attrs, s_on_events);
+    on_events = on_events != NULL ? Py_NewRef(on_events) : PyErr_Occurred() ? NULL : GET(self->flows, s_on_events);
+    if (on_events == NULL) return -1;
+    PyObject *ret = PyObject_CallOneArg(on_events, events);
+    Py_DECREF(on_events);
+    if (ret == NULL) return -1;
+    Py_DECREF(ret);
+    return 0;
+}
+
 static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     InOrder *self = (InOrder *)callable;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
@@ -253,6 +242,12 @@ static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, s
     if (size > 0) {
         if (set_slot_ll(f.half, self->half_slots.offset, f.half_offset + size) < 0) goto done;
         if (set_slot_ll(f.half, self->half_slots.next_seq, (f.half_next + size) & 0xFFFFFFFFLL) < 0) goto done;
+        int fast = fx_segment(self, f.conn, f.conv, ts, f.direction, payload, f.has_ack_off, f.ack_off);
+        if (fast < 0) goto done;
+        if (fast > 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
         PyObject *direction = PyLong_FromLong(f.direction);
         if (direction == NULL) goto done;
         PyObject *ack_off = f.has_ack_off ? PyLong_FromLongLong(f.ack_off) : Py_NewRef(Py_None);
@@ -265,17 +260,8 @@ static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, s
         Py_DECREF(direction);
         Py_DECREF(ack_off);
         if (events == NULL) goto done;
-        int truth = PyObject_IsTrue(events);
-        if (truth < 0) goto done;
-        if (truth) {
-            PyObject *on_events = PyDict_GetItemWithError(self->attrs, s_on_events);
-            on_events = on_events != NULL ? Py_NewRef(on_events) : PyErr_Occurred() ? NULL : GET(self->flows, s_on_events);
-            if (on_events == NULL) goto done;
-            PyObject *ret = PyObject_CallOneArg(on_events, events);
-            Py_DECREF(on_events);
-            if (ret == NULL) goto done;
-            Py_DECREF(ret);
-        }
+        fx_learn(self);
+        if (inorder_emit(self, events) < 0) goto done;
     }
     result = Py_NewRef(Py_None);
 done:
@@ -321,6 +307,7 @@ static int find_slots(InOrder *self) {
     PyObject *conn = self->conn_type, *half = self->half_type;
     if (slot_offset(conn, s_waiting, &c->waiting) < 0 || slot_offset(conn, s_halves, &c->halves) < 0 ||
         slot_offset(conn, s_conv, &c->conv) < 0 || slot_offset(conn, s_last_ns, &c->last_ns) < 0 ||
+        slot_offset(conn, s_held, &c->held) < 0 ||
         slot_offset(half, s_started, &h->started) < 0 || slot_offset(half, s_next_seq, &h->next_seq) < 0 ||
         slot_offset(half, s_offset, &h->offset) < 0 || slot_offset(half, s_fin, &h->fin) < 0 ||
         slot_offset(half, s_ooo, &h->ooo) < 0)
@@ -363,7 +350,7 @@ static int inorder_traverse(InOrder *self, visitproc visit, void *arg) {
     Py_VISIT(self->attrs);
     Py_VISIT(self->conn_type);
     Py_VISIT(self->half_type);
-    return 0;
+    return fx_traverse(&self->fx, visit, arg);
 }
 
 static int inorder_clear(InOrder *self) {
@@ -375,6 +362,7 @@ static int inorder_clear(InOrder *self) {
     Py_CLEAR(self->attrs);
     Py_CLEAR(self->conn_type);
     Py_CLEAR(self->half_type);
+    fx_release(&self->fx);
     return 0;
 }
 
@@ -391,6 +379,25 @@ static PyObject *assumed_constants(PyObject *module, PyObject *unused) {
 
 static PyMemberDef inorder_members[] = {
     {"flows", T_OBJECT, offsetof(InOrder, flows), READONLY, "the FlowTable"},
+    {"fast_exchanges", T_LONGLONG, offsetof(InOrder, fx.fast_exchanges), READONLY,
+     "COM_QUERY exchanges completed in C (probe/_cexchange.c)"},
+    {"fast_replayed", T_LONGLONG, offsetof(InOrder, fx.fast_replayed), READONLY,
+     "held COM_QUERY segments fed to Python after all"},
+    {"fast_cache_resets", T_LONGLONG, offsetof(InOrder, fx.fast_cache_resets), READONLY,
+     "times the skeleton cache was full and cleared"},
+    {"fast_accs_full", T_LONGLONG, offsetof(InOrder, fx.fast_accs_full), READONLY,
+     "exchanges left to Python because the accumulator table was full"},
+    {NULL},
+};
+
+static PyObject *inorder_attach(InOrder *self, PyObject *aggregator) { return fx_attach(self, aggregator); }
+static PyObject *inorder_fold(InOrder *self, PyObject *unused) { return fx_fold(self); }
+
+static PyMethodDef inorder_methods[] = {
+    {"attach", (PyCFunction)inorder_attach, METH_O,
+     "attach(aggregator): complete ordinary COM_QUERY exchanges in C, counted for this aggregator."},
+    {"fold", (PyCFunction)inorder_fold, METH_NOARGS,
+     "The statements counted in C since the last fold, as rows for Aggregator.fold (then forgotten)."},
     {NULL},
 };
 
@@ -406,10 +413,12 @@ static PyTypeObject InOrderType = {
     .tp_clear = (inquiry)inorder_clear,
     .tp_dealloc = (destructor)inorder_dealloc,
     .tp_members = inorder_members,
+    .tp_methods = inorder_methods,
 };
 
 static PyMethodDef module_methods[] = {
     {"assumed_constants", assumed_constants, METH_NOARGS, "The flag and direction values this module assumes."},
+    {"skeleton", fx_skeleton, METH_O, "The literal skeleton of SQL bytes, or None when the fast path declines it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -432,7 +441,9 @@ static int module_exec(PyObject *module) {
     INTERN(s_on_events, "on_events");
     INTERN(s_tcp_segments, "tcp_segments");
     INTERN(s_last_ns, "last_ns");
+    INTERN(s_held, "held");
 #undef INTERN
+    if (fx_module_init(module) < 0) return -1;
     if (PyType_Ready(&InOrderType) < 0) return -1;
     Py_INCREF(&InOrderType);
     if (PyModule_AddObject(module, "InOrder", (PyObject *)&InOrderType) < 0) {

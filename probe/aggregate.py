@@ -10,6 +10,7 @@ Sans-I/O: it never reads a clock, the caller says when an interval ends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from message.logins import LoginStats, LoginTable
 from message.report import OVERFLOW_KEY, OVERFLOW_TEMPLATE, SlowQuery, SlowSamples, TemplateIdent, TemplateStats
@@ -159,6 +160,54 @@ class Aggregator:
             )
         elif latency >= self.slow_threshold_us:
             self.slow.dropped += 1
+
+    def fold(self, rows: list[tuple[Any, ...]]) -> None:
+        """Statements the compiled path counted (``probe._cflows.InOrder.fold``), each row
+        the sums of ``add`` over successful, complete, fast "Query" commands of one
+        (server, db, user, key) that already has its entry this interval."""
+        for (
+            server,
+            db,
+            user,
+            key,
+            count,
+            latency_sum,
+            latency_min,
+            latency_max,
+            ttfb_sum,
+            first_ns,
+            last_ns,
+            rows_sent,
+            rows_affected,
+            bytes_in,
+            bytes_out,
+            no_index,
+            no_good_index,
+            warnings,
+            zero,
+            bins,
+        ) in rows:
+            stats = self.templates[(server, db, user, key)]
+            stats.latency_min = min(stats.latency_min, latency_min)
+            stats.latency_max = max(stats.latency_max, latency_max)
+            stats.first_seen_ns = min(stats.first_seen_ns, first_ns)
+            stats.last_seen_ns = max(stats.last_seen_ns, last_ns)
+            stats.count += count
+            stats.commands["Query"] = stats.commands.get("Query", 0) + count
+            stats.latency_sum += latency_sum
+            stats.ttfb_sum += ttfb_sum
+            sketch = stats.sketch
+            sketch.zero += zero
+            for bucket, n in bins.items():
+                sketch.bins[bucket] = sketch.bins.get(bucket, 0) + n
+            stats.rows_sent += rows_sent
+            stats.rows_affected += rows_affected
+            stats.bytes_in += bytes_in
+            stats.bytes_out += bytes_out
+            stats.no_index_used += no_index
+            stats.no_good_index_used += no_good_index
+            stats.warnings += warnings
+            self.commands += count
 
     def add_login(self, event: LoginFinished) -> None:
         self.logins.login(event.ts_ns, event.server, event.user, event.client, event.error_code)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from probe import native
 from probe.aggregate import DEFAULT_MAX_SLOW, DEFAULT_MAX_TEMPLATES, Aggregator, Interval
 from probe.decode import (
     DecodeCounters,
@@ -97,6 +98,12 @@ class Engine:
             server_ips=config.server_ips,
             limits=config.flows,
         )
+        entry = self.flows.segment_entry
+        #: The compiled path's COM_QUERY exchanges (``probe/_cexchange.c``) are counted in C
+        #: and folded into the aggregator before anything reads it (``_fold``).
+        self._compiled = entry if native.cflows is not None and isinstance(entry, native.cflows.InOrder) else None
+        if self._compiled is not None:
+            self._compiled.attach(self.aggregator)
         index, count = config.shard
         self._sharder = Sharder(config.ports, index, count, config.flows.max_connections) if count > 1 else None
         self.packets = 0
@@ -214,6 +221,7 @@ class Engine:
         """Client endpoint -> (user, db, connection id[, {statement id: SQL}]) from the
         server's process list (and prepared_statements_instances): fills in connections
         whose handshake was never seen, now and later. Returns how many it filled."""
+        self.flows.settle()
         self.flows.sessions = {k: (v[0], v[1], v[2], dict(v[3]) if len(v) > 3 else {}) for k, v in sessions.items()}
         filled = 0
         for conn in self.flows.table.values():
@@ -226,6 +234,7 @@ class Engine:
     def restore_sessions(self, restored: dict[str, tuple[str, str, int | None, dict[int, str]]]) -> None:
         """Sessions saved by a checkpoint before a restart (or read from the server):
         applied to connections seen mid-stream, now and later."""
+        self.flows.settle()
         self.flows.restored = restored
         for conn in self.flows.table.values():
             if conn.conv.midstream:
@@ -252,6 +261,11 @@ class Engine:
     def finish(self, now_ns: int) -> None:
         """End of capture: settle every open connection (pending requests are counted lost)."""
         self.flows.close_all(now_ns, "end of capture")
+        self._fold()
+
+    def _fold(self) -> None:
+        if self._compiled is not None:
+            self.aggregator.fold(self._compiled.fold())
 
     def capture_counters(self) -> dict[str, Any]:
         """Cumulative counters since the engine started."""
@@ -276,7 +290,9 @@ class Engine:
         counters["connections_active"] = len(self.flows.table)
         counters["normalizer_cache_resets"] = self.normalizer.cache_resets
         counters["limit_hits"] = self.flows.limit_hits()
+        counters["fast_exchanges"] = self._compiled.fast_exchanges if self._compiled is not None else 0
         return counters
 
     def drain(self) -> Interval:
+        self._fold()
         return self.aggregator.drain()

@@ -16,7 +16,10 @@ events come back through the ``on_events`` callback given at construction. The e
 ``segment_entry``: ``segment`` itself, or (compiled engine) ``probe._cflows.InOrder``, which
 handles the in-order data and bare ACKs of established connections and passes every other
 segment to ``segment`` unchanged; ``segment`` is the specification it is tested against.
-``table``, ``ports`` and ``server_ips`` are bound once (the compiled path keeps them).
+``table``, ``ports`` and ``server_ips`` are bound once (the compiled path keeps them). The
+compiled path may also hold back a connection's COM_QUERY segment to complete the exchange
+itself (``Connection.held``); whatever touches that connection's conversation here settles
+it first (``Held.settle`` feeds it as it would have been fed).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from typing import Any
 
 from probe import native
 from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Address, Segment
 from probe.mysql.conversation import DEFAULT_MAX_PREPARED_BYTES, Conversation, ConversationLimits, PreparedBudget
 from probe.mysql.events import TO_CLIENT, TO_SERVER, Event
-from probe.normalize import Normalizer
+from probe.normalize import Normalizer, Template
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -99,7 +103,7 @@ class AckedUnseen:
 
 
 class Connection:
-    __slots__ = ("client", "closed", "conv", "halves", "last_ns", "server", "waiting")
+    __slots__ = ("client", "closed", "conv", "halves", "held", "last_ns", "server", "waiting")
 
     def __init__(self, client: str, server: str, conv: Conversation, now_ns: int) -> None:
         self.client = client
@@ -109,6 +113,22 @@ class Connection:
         self.last_ns = now_ns
         self.waiting: AckedUnseen | None = None
         self.closed = False
+        # The compiled path's COM_QUERY segment not fed to ``conv`` yet (``probe._cflows.Held``):
+        # settled (fed) before anything else touches the conversation.
+        self.held: Any = None
+
+
+class PinnedTemplate:
+    """A normalizer that knows one answer: the template a held statement got when it came
+    (the compiled path feeds it late, after the real normalizer's caches were cleared)."""
+
+    __slots__ = ("template",)
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+
+    def normalize(self, sql: str) -> Template:
+        return self.template
 
 
 def endpoint(addr: Address, port: int) -> str:
@@ -192,6 +212,8 @@ class FlowTable:
         if not replay:
             self.tcp_segments += 1
         conn = self.table.get(key)
+        if conn is not None and conn.held is not None:
+            conn.held.settle(conn)
         if flags & TCP_SYN:
             conn = self._syn(ts, key, direction, seq, flags, conn)
         elif conn is None:
@@ -254,6 +276,8 @@ class FlowTable:
         waiting = conn.waiting
         if waiting is None:
             return
+        if conn.held is not None:
+            conn.held.settle(conn)
         conn.waiting = None
         direction = waiting.direction
         half = conn.halves[direction]
@@ -402,6 +426,8 @@ class FlowTable:
     def _close(self, ts: int, key: tuple[Address, int, Address, int], conn: Connection, reason: str) -> None:
         if conn.closed:
             return
+        if conn.held is not None:
+            conn.held.settle(conn)
         self._release(ts, conn, lost=True, closing=True)
         conn.closed = True
         for direction, half in enumerate(conn.halves):
@@ -444,6 +470,12 @@ class FlowTable:
     def close_all(self, now_ns: int, reason: str) -> None:
         for key, conn in list(self.table.items()):
             self._close(now_ns, key, conn, reason)
+
+    def settle(self) -> None:
+        """Feed every segment the compiled path holds to its conversation."""
+        for conn in self.table.values():
+            if conn.held is not None:
+                conn.held.settle(conn)
 
     def apply_known(self, conv: Conversation) -> None:
         """Fill a connection seen mid-stream from what is known of it elsewhere."""

@@ -1,0 +1,762 @@
+/* probe._cflows, part two: an ordinary COM_QUERY exchange completed in C (see _cflows.c).
+ *
+ * Enabled by InOrder.attach(aggregator) (probe.engine does it). A client segment that
+ * InOrder would feed to a quiescent conversation (phase COMMANDS, nothing pending, nothing
+ * buffered, not desynchronised, not compressed, capabilities known without
+ * CLIENT_QUERY_ATTRIBUTES: the "common case" branch of Conversation.feed) and that holds
+ * exactly one COM_QUERY whose text Normalizer.normalize would put through its skeleton
+ * cache (pure ASCII, no ';', no comment marks, plain backticks, no unterminated string)
+ * is looked up here by its literal skeleton: the same text as
+ * probe.normalize._FAST_LITERAL.sub("?", sql), computed by skeleton() below. On a hit the
+ * segment is not fed: it is held (a Held object per connection, in Connection.held). When
+ * the connection's next segment is the server's and holds the whole response (an OK, or
+ * a text result set ended by EOF or, under CLIENT_DEPRECATE_EOF, by the EOF-headed OK),
+ * without error, more results or session state, faster than the slow threshold, and its
+ * (server, db, user, key) already has a TemplateStats in the aggregator, the conversation
+ * fields the two feeds would have changed are set (stream offsets, _c_packet_end,
+ * _s_last_ns, _server_ack, deprecate_eof) and the statement is added to C counters that
+ * fold() hands to Aggregator.fold. Anything else first replays the held segment into
+ * conv.feed, with its own time and acknowledgement: so does FlowTable (Held.settle) before
+ * it touches a conversation itself (other segments, gaps, teardown, expiry, close_all).
+ *
+ * Exactness. The template held is the one the normalizer's skeleton cache holds (learnt
+ * from it after Python normalized the same skeleton); the C cache is dropped whenever
+ * normalizer.cache_resets moves, so a hit is a statement Python's cache would also have
+ * hit (no side effect skipped). A replay after such a reset feeds the conversation with
+ * a PinnedTemplate normalizer, so that Python's cache sees the same lookups as without the
+ * fast path. tests/probe/test_cexchange.py compares both engines on generated
+ * conversations (events, aggregator, conversation and normalizer state).
+ *
+ * Memory safety: payloads are read only within their size; counters are long long sums
+ * of values below 2**32 per statement.
+ */
+#include "_cflows.h"
+
+#include <structmember.h>
+#include <string.h>
+
+#define TO_SERVER 0
+#define TO_CLIENT 1
+#define COMMANDS_PHASE 4
+#define COM_QUERY 3
+#define MAX_PACKET 0xFFFFFF
+
+static PyObject *s_phase, *s_c_desync, *s_c_inflate, *s_c_buf, *s_c_part, *s_c_skip, *s_pending, *s_caps, *s_c_off,
+    *s_limits, *s_max_query_bytes, *s_s_desync, *s_s_inflate, *s_s_buf, *s_s_skip, *s_s_cont, *s_s_off,
+    *s_deprecate_eof, *s_server, *s_db, *s_user, *s_c_packet_end, *s_s_last_ns, *s_server_ack, *s_cache_resets,
+    *s_by_skeleton, *s_templates, *s_slow_threshold_us, *s_normalizer, *s_feed2, *s_max_templates, *s_cache_size,
+    *s_conv2;
+
+/* -- small helpers ----------------------------------------------------------------------- */
+
+/* dict[name] as a long long: 0, or -1 when absent or not an exact int that fits. */
+static int dict_ll(PyObject *dict, PyObject *name, long long *out) {
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value == NULL || !PyLong_CheckExact(value)) {
+        PyErr_Clear();
+        return -1;
+    }
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
+static int dict_is(PyObject *dict, PyObject *name, PyObject *expected) {
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value == NULL) PyErr_Clear();
+    return value == expected;
+}
+
+static int dict_empty_bytearray(PyObject *dict, PyObject *name) {
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value == NULL) PyErr_Clear();
+    return value != NULL && PyByteArray_CheckExact(value) && PyByteArray_GET_SIZE(value) == 0;
+}
+
+static int dict_set_ll(PyObject *dict, PyObject *name, long long value) {
+    PyObject *boxed = PyLong_FromLongLong(value);
+    if (boxed == NULL) return -1;
+    int rc = PyDict_SetItem(dict, name, boxed);
+    Py_DECREF(boxed);
+    return rc;
+}
+
+static unsigned long long fnv(const char *s, Py_ssize_t n) {
+    unsigned long long h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static Py_ssize_t pow2_at_least(Py_ssize_t n) {
+    Py_ssize_t cap = 16;
+    while (cap < n) cap <<= 1;
+    return cap;
+}
+
+/* -- the skeleton cache ------------------------------------------------------------------ */
+
+static void skel_clear(FastState *fx) {
+    for (Py_ssize_t i = 0; i < fx->skel_cap; i++) {
+        SkelEntry *e = &fx->skel[i];
+        if (e->text != NULL) {
+            PyMem_Free(e->text);
+            e->text = NULL;
+            Py_CLEAR(e->template);
+        }
+    }
+    fx->skel_used = 0;
+}
+
+/* Drops the cache when the normalizer's caches were cleared since it was filled. */
+static void skel_check(FastState *fx) {
+    long long resets;
+    PyObject *dict = PyObject_GenericGetDict(fx->normalizer, NULL);
+    if (dict == NULL) {
+        PyErr_Clear();
+        resets = -1;
+    } else {
+        if (dict_ll(dict, s_cache_resets, &resets) < 0) resets = -1;
+        Py_DECREF(dict);
+    }
+    if (resets != fx->skel_resets || resets < 0) {
+        skel_clear(fx);
+        fx->skel_resets = resets;
+    }
+}
+
+static SkelEntry *skel_slot(FastState *fx, unsigned long long hash, const char *s, Py_ssize_t len) {
+    Py_ssize_t mask = fx->skel_cap - 1, i = (Py_ssize_t)(hash & (unsigned long long)mask);
+    for (;; i = (i + 1) & mask) {
+        SkelEntry *e = &fx->skel[i];
+        if (e->text == NULL || (e->hash == hash && e->len == len && memcmp(e->text, s, len) == 0)) return e;
+    }
+}
+
+/* -- accumulators ------------------------------------------------------------------------ */
+
+static void acc_free(Acc *a) {
+    Py_CLEAR(a->server);
+    Py_CLEAR(a->db);
+    Py_CLEAR(a->user);
+    Py_CLEAR(a->key);
+    PyMem_Free(a->bins);
+    memset(a, 0, sizeof(*a));
+}
+
+static int str_eq(PyObject *a, PyObject *b) { return a == b || PyUnicode_Compare(a, b) == 0; }
+
+/* The accumulator of (server, db, user, key), made when the aggregator already has that
+ * template this interval; NULL (no error) when it is not there or the table is full. */
+static Acc *acc_for(FastState *fx, PyObject *server, PyObject *db, PyObject *user, PyObject *key) {
+    Py_hash_t h1 = PyObject_Hash(server), h2 = PyObject_Hash(db), h3 = PyObject_Hash(user), h4 = PyObject_Hash(key);
+    if (h1 == -1 || h2 == -1 || h3 == -1 || h4 == -1) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_uhash_t hash = (Py_uhash_t)h1 * 1000003u ^ (Py_uhash_t)h2 * 31u ^ (Py_uhash_t)h3 * 7u ^ (Py_uhash_t)h4;
+    Py_ssize_t mask = fx->acc_cap - 1, i = (Py_ssize_t)(hash & (Py_uhash_t)mask);
+    for (;; i = (i + 1) & mask) {
+        Acc *a = &fx->accs[i];
+        if (a->key == NULL) break;
+        if (a->hash == (Py_hash_t)hash && str_eq(a->key, key) && str_eq(a->db, db) && str_eq(a->user, user) &&
+            str_eq(a->server, server))
+            return a;
+    }
+    if (fx->acc_used >= fx->acc_max) {
+        fx->fast_accs_full++;
+        return NULL;
+    }
+    PyObject *agg = PyObject_GenericGetDict(fx->aggregator, NULL);
+    if (agg == NULL) goto no;
+    PyObject *templates = PyDict_GetItemWithError(agg, s_templates);
+    Py_DECREF(agg); /* templates stays referenced by the aggregator */
+    if (templates == NULL || !PyDict_CheckExact(templates)) goto no;
+    PyObject *ident = PyTuple_Pack(4, server, db, user, key);
+    if (ident == NULL) goto no;
+    PyObject *stats = PyDict_GetItemWithError(templates, ident);
+    Py_DECREF(ident);
+    if (stats == NULL) goto no;
+    Acc *a = &fx->accs[i];
+    a->server = Py_NewRef(server);
+    a->db = Py_NewRef(db);
+    a->user = Py_NewRef(user);
+    a->key = Py_NewRef(key);
+    a->hash = (Py_hash_t)hash;
+    fx->acc_used++;
+    return a;
+no:
+    PyErr_Clear();
+    return NULL;
+}
+
+static int acc_bucket(Acc *a, int key) {
+    if (a->nbins == 0) {
+        if ((a->bins = PyMem_Calloc(1, sizeof(long long))) == NULL) return -1;
+        a->lo = key;
+        a->nbins = 1;
+    } else if (key < a->lo || key >= a->lo + a->nbins) {
+        int lo = key < a->lo ? key : a->lo, hi = key >= a->lo + a->nbins ? key + 1 : a->lo + a->nbins;
+        long long *bins = PyMem_Calloc((size_t)(hi - lo), sizeof(long long));
+        if (bins == NULL) return -1;
+        memcpy(bins + (a->lo - lo), a->bins, (size_t)a->nbins * sizeof(long long));
+        PyMem_Free(a->bins);
+        a->bins = bins;
+        a->lo = lo;
+        a->nbins = hi - lo;
+    }
+    a->bins[key - a->lo]++;
+    return 0;
+}
+
+/* -- Held: a COM_QUERY segment not fed yet ------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the InOrder */
+    int active, has_ack;
+    PyObject *ts, *payload, *template;
+    long long ts_ns, ack, c_off, c_end, resets;
+} Held;
+
+static PyTypeObject HeldType;
+
+static void held_drop(Held *h) {
+    h->active = 0;
+    Py_CLEAR(h->ts);
+    Py_CLEAR(h->payload);
+    Py_CLEAR(h->template);
+}
+
+/* Feeds the held segment to conv as Python would have when it came; 0 or -1. */
+static int replay(Held *h, PyObject *conv) {
+    InOrder *io = (InOrder *)h->owner;
+    FastState *fx = &io->fx;
+    PyObject *ts = h->ts, *payload = h->payload, *template = h->template;
+    h->ts = h->payload = h->template = NULL;
+    h->active = 0;
+    fx->fast_replayed++;
+    int rc = -1;
+    PyObject *ack = NULL, *direction = NULL, *events = NULL, *saved = NULL;
+    long long resets = -1;
+    PyObject *ndict = PyObject_GenericGetDict(fx->normalizer, NULL);
+    if (ndict == NULL) goto done;
+    if (dict_ll(ndict, s_cache_resets, &resets) < 0) resets = -1;
+    Py_DECREF(ndict);
+    ack = h->has_ack ? PyLong_FromLongLong(h->ack) : Py_NewRef(Py_None);
+    direction = PyLong_FromLong(TO_SERVER);
+    if (ack == NULL || direction == NULL) goto done;
+    if (resets != h->resets) {
+        /* The normalizer's caches were cleared since: it must not see this statement as a
+         * miss it never had. */
+        PyObject *pinned = PyObject_CallOneArg(fx->pinned_type, template);
+        if (pinned == NULL || (saved = PyObject_GetAttr(conv, s_normalizer)) == NULL ||
+            PyObject_SetAttr(conv, s_normalizer, pinned) < 0) {
+            Py_XDECREF(pinned);
+            Py_CLEAR(saved);
+            goto done;
+        }
+        Py_DECREF(pinned);
+    }
+    PyObject *args[5] = {conv, ts, direction, payload, ack};
+    events = PyObject_VectorcallMethod(s_feed2, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (saved != NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        int restored = PyObject_SetAttr(conv, s_normalizer, saved);
+        if (restored < 0) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            Py_CLEAR(events);
+        } else {
+            PyErr_Restore(type, value, tb);
+        }
+    }
+    if (events != NULL) rc = inorder_emit(io, events);
+done:
+    Py_XDECREF(events);
+    Py_XDECREF(saved);
+    Py_XDECREF(ack);
+    Py_XDECREF(direction);
+    Py_XDECREF(ts);
+    Py_XDECREF(payload);
+    Py_XDECREF(template);
+    return rc;
+}
+
+static PyObject *held_settle(Held *h, PyObject *conn) {
+    if (!h->active) Py_RETURN_NONE;
+    PyObject *conv = PyObject_GetAttr(conn, s_conv2);
+    if (conv == NULL) return NULL;
+    int rc = replay(h, conv);
+    Py_DECREF(conv);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static int held_traverse(Held *h, visitproc visit, void *arg) {
+    Py_VISIT(h->owner);
+    Py_VISIT(h->ts);
+    Py_VISIT(h->payload);
+    Py_VISIT(h->template);
+    return 0;
+}
+
+static int held_clear(Held *h) {
+    held_drop(h);
+    Py_CLEAR(h->owner);
+    return 0;
+}
+
+static void held_dealloc(Held *h) {
+    PyObject_GC_UnTrack(h);
+    held_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyMethodDef held_methods[] = {
+    {"settle", (PyCFunction)held_settle, METH_O,
+     "settle(conn): feed the held client segment to conn.conv now (nothing when none is held)."},
+    {NULL},
+};
+
+static PyMemberDef held_members[] = {
+    {"active", T_INT, offsetof(Held, active), READONLY, "a client segment is held"},
+    {NULL},
+};
+
+static PyTypeObject HeldType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "probe._cflows.Held",
+    .tp_basicsize = sizeof(Held),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A connection's COM_QUERY segment that InOrder has not fed to its conversation yet.",
+    .tp_traverse = (traverseproc)held_traverse,
+    .tp_clear = (inquiry)held_clear,
+    .tp_dealloc = (destructor)held_dealloc,
+    .tp_methods = held_methods,
+    .tp_members = held_members,
+};
+
+/* -- the two halves of an exchange ------------------------------------------------------ */
+
+/* A client segment: 1 held, 0 not (fx->learn set when its template is worth learning). */
+static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, PyObject *payload, int has_ack,
+                long long ack, Held *h) {
+    FastState *fx = &self->fx;
+    if ((PyObject *)Py_TYPE(conv) != fx->conv_type) return 0;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(payload);
+    const Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    if (n <= 5 || n >= MAX_PACKET || d[3] != 0 || d[4] != COM_QUERY || le24(d) + 4 != n) return 0;
+    long long ts_ns, phase, skip, caps, c_off, max_query;
+    if (!PyLong_CheckExact(ts) || (ts_ns = PyLong_AsLongLong(ts)) == -1) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *cd = PyObject_GenericGetDict(conv, NULL);
+    if (cd == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = dict_ll(cd, s_phase, &phase) == 0 && phase == COMMANDS_PHASE && dict_is(cd, s_c_desync, Py_False) &&
+             dict_is(cd, s_c_inflate, Py_None) && dict_empty_bytearray(cd, s_c_buf) &&
+             dict_is(cd, s_c_part, Py_None) && dict_ll(cd, s_c_skip, &skip) == 0 && skip == 0 &&
+             dict_ll(cd, s_caps, &caps) == 0 && !(caps & fx->query_attributes) && dict_ll(cd, s_c_off, &c_off) == 0 &&
+             c_off < (1LL << 62);
+    if (ok) {
+        PyObject *pending = PyDict_GetItemWithError(cd, s_pending);
+        ok = pending != NULL && (PyObject *)Py_TYPE(pending) == fx->deque_type && Py_SIZE(pending) == 0;
+        PyObject *limits = ok ? PyDict_GetItemWithError(cd, s_limits) : NULL;
+        PyObject *limit = limits != NULL ? PyObject_GetAttr(limits, s_max_query_bytes) : NULL;
+        ok = limit != NULL && PyLong_CheckExact(limit) && (max_query = PyLong_AsLongLong(limit)) >= n - 4;
+        Py_XDECREF(limit);
+        PyErr_Clear();
+    }
+    Py_DECREF(cd);
+    if (!ok) return 0;
+    if (fx->scratch_cap < n) {
+        char *grown = PyMem_Realloc(fx->scratch, n);
+        if (grown == NULL) return 0;
+        fx->scratch = grown;
+        fx->scratch_cap = n;
+    }
+    Py_ssize_t len = skeleton(d + 5, n - 5, fx->scratch);
+    if (len < 0) return 0;
+    skel_check(fx);
+    unsigned long long hash = fnv(fx->scratch, len);
+    SkelEntry *e = skel_slot(fx, hash, fx->scratch, len);
+    if (e->text == NULL) {
+        fx->scratch_len = len;
+        fx->learn = 1;
+        return 0;
+    }
+    if (h == NULL) {
+        h = PyObject_GC_New(Held, &HeldType);
+        if (h == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        h->owner = Py_NewRef((PyObject *)self);
+        h->active = 0;
+        h->ts = h->payload = h->template = NULL;
+        PyObject_GC_Track(h);
+        PyObject *old = SLOT(conn, self->conn_slots.held);
+        SLOT(conn, self->conn_slots.held) = (PyObject *)h;
+        Py_XDECREF(old); /* None */
+    }
+    h->ts = Py_NewRef(ts);
+    h->payload = Py_NewRef(payload);
+    h->template = Py_NewRef(e->template);
+    h->ts_ns = ts_ns;
+    h->has_ack = has_ack;
+    h->ack = ack;
+    h->c_off = c_off;
+    h->c_end = c_off + n;
+    h->resets = fx->skel_resets;
+    h->active = 1;
+    return 1;
+}
+
+/* The server segment after a held request: 1 completed here, 0 not (nothing changed). */
+static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, PyObject *payload, int has_ack,
+                    long long ack) {
+    FastState *fx = &self->fx;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(payload);
+    const Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    long long ts_ns, phase, skip, c_off, s_off, threshold;
+    if (has_ack && ack < h->c_end) return 0; /* Python's "response to an unseen request" */
+    if (!PyLong_CheckExact(ts) || (ts_ns = PyLong_AsLongLong(ts)) == -1) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *cd = PyObject_GenericGetDict(conv, NULL);
+    if (cd == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = 0, deprecate;
+    PyObject *dep = PyDict_GetItemWithError(cd, s_deprecate_eof);
+    PyObject *server = PyDict_GetItemWithError(cd, s_server), *db = PyDict_GetItemWithError(cd, s_db),
+             *user = PyDict_GetItemWithError(cd, s_user), *pending = PyDict_GetItemWithError(cd, s_pending);
+    PyErr_Clear();
+    deprecate = dep == Py_True ? 1 : dep == Py_False ? 0 : dep == Py_None ? -1 : -2;
+    if (deprecate == -2 || server == NULL || db == NULL || user == NULL || !PyUnicode_CheckExact(server) ||
+        !PyUnicode_CheckExact(db) || !PyUnicode_CheckExact(user) || pending == NULL ||
+        (PyObject *)Py_TYPE(pending) != fx->deque_type || Py_SIZE(pending) != 0)
+        goto out;
+    if (dict_ll(cd, s_phase, &phase) < 0 || phase != COMMANDS_PHASE || !dict_is(cd, s_s_desync, Py_False) ||
+        !dict_is(cd, s_s_inflate, Py_None) || !dict_empty_bytearray(cd, s_s_buf) || dict_ll(cd, s_s_skip, &skip) < 0 ||
+        skip != 0 || !dict_is(cd, s_s_cont, Py_False) || dict_ll(cd, s_c_off, &c_off) < 0 || c_off != h->c_off ||
+        dict_ll(cd, s_s_off, &s_off) < 0 || s_off > (1LL << 62))
+        goto out;
+    Resp r;
+    if (!parse_response(d, n, deprecate, &r)) goto out;
+    long long latency = ts_ns > h->ts_ns ? (ts_ns - h->ts_ns) / 1000 : 0;
+    PyObject *agg = PyObject_GenericGetDict(fx->aggregator, NULL);
+    if (agg == NULL) {
+        PyErr_Clear();
+        goto out;
+    }
+    int known = dict_ll(agg, s_slow_threshold_us, &threshold) == 0;
+    Py_DECREF(agg);
+    if (!known || latency >= threshold || latency >= fx->key_table_len) goto out;
+    Acc *a = acc_for(fx, server, db, user, PyTuple_GET_ITEM(h->template, 0));
+    if (a == NULL) goto out;
+    /* What the two feeds would have left in the conversation. */
+    rc = -1;
+    PyObject *c_end = PyLong_FromLongLong(h->c_end);
+    if (c_end == NULL) goto out;
+    int failed = PyDict_SetItem(cd, s_c_off, c_end) < 0 || PyDict_SetItem(cd, s_c_packet_end, c_end) < 0;
+    Py_DECREF(c_end);
+    if (failed || dict_set_ll(cd, s_s_off, s_off + n) < 0 || PyDict_SetItem(cd, s_s_last_ns, ts) < 0 ||
+        (has_ack && dict_set_ll(cd, s_server_ack, ack) < 0) ||
+        (r.deprecate >= 0 && r.deprecate != deprecate &&
+         PyDict_SetItem(cd, s_deprecate_eof, r.deprecate ? Py_True : Py_False) < 0))
+        goto out;
+    /* What Aggregator.add would have added. */
+    if (a->count == 0 || latency < a->latency_min) a->latency_min = latency;
+    if (a->count == 0 || latency > a->latency_max) a->latency_max = latency;
+    if (a->count == 0 || h->ts_ns < a->first_ns) a->first_ns = h->ts_ns;
+    if (a->count == 0 || ts_ns > a->last_ns) a->last_ns = ts_ns;
+    a->count++;
+    a->latency_sum += latency;
+    a->ttfb_sum += latency; /* the response's first byte came in this very segment */
+    if (latency <= 0)
+        a->zero++;
+    else if (acc_bucket(a, fx->key_table[latency]) < 0)
+        goto out;
+    a->rows += r.rows;
+    a->affected += r.affected;
+    a->bytes_in += h->c_end - h->c_off;
+    a->bytes_out += n;
+    if (r.status & fx->no_index_flag) a->no_index++;
+    if (r.status & fx->no_good_index_flag) a->no_good_index++;
+    a->warnings += r.warnings;
+    fx->fast_exchanges++;
+    held_drop(h);
+    rc = 1;
+out:
+    Py_DECREF(cd);
+    return rc;
+}
+
+int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int direction, PyObject *payload,
+               int has_ack, long long ack) {
+    FastState *fx = &self->fx;
+    fx->learn = 0;
+    if (!fx->enabled) return 0;
+    PyObject *slot = SLOT(conn, self->conn_slots.held);
+    if (slot != NULL && slot != Py_None && !Py_IS_TYPE(slot, &HeldType)) return 0;
+    Held *h = slot != NULL && slot != Py_None ? (Held *)slot : NULL;
+    if (h != NULL && h->active) {
+        if (direction == TO_CLIENT) {
+            int rc = complete(self, h, conv, ts, payload, has_ack, ack);
+            if (rc != 0) return rc;
+        }
+        return replay(h, conv);
+    }
+    if (direction != TO_SERVER) return 0;
+    return hold(self, conn, conv, ts, payload, has_ack, ack, h);
+}
+
+void fx_learn(InOrder *self) {
+    FastState *fx = &self->fx;
+    if (!fx->learn) return;
+    fx->learn = 0;
+    skel_check(fx);
+    PyObject *ndict = PyObject_GenericGetDict(fx->normalizer, NULL);
+    if (ndict == NULL) goto error;
+    PyObject *cache = PyDict_GetItemWithError(ndict, s_by_skeleton);
+    Py_DECREF(ndict); /* the cache stays referenced by the normalizer */
+    if (cache == NULL || !PyDict_CheckExact(cache)) goto error;
+    PyObject *text = PyUnicode_DecodeASCII(fx->scratch, fx->scratch_len, NULL);
+    if (text == NULL) goto error;
+    PyObject *template = PyDict_GetItemWithError(cache, text);
+    Py_DECREF(text);
+    if (template == NULL || !PyTuple_Check(template) || PyTuple_GET_SIZE(template) != 2 ||
+        !PyUnicode_CheckExact(PyTuple_GET_ITEM(template, 0)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(template, 1)))
+        goto error;
+    PyObject *use = PyUnicode_FromString("USE ");
+    if (use == NULL) goto error;
+    Py_ssize_t is_use = PyUnicode_Tailmatch(PyTuple_GET_ITEM(template, 1), use, 0, 4, -1);
+    Py_DECREF(use);
+    if (is_use != 0) goto error; /* a session effect: left to Python */
+    if (fx->skel_used >= fx->skel_max) {
+        skel_clear(fx);
+        fx->fast_cache_resets++;
+    }
+    unsigned long long hash = fnv(fx->scratch, fx->scratch_len);
+    SkelEntry *e = skel_slot(fx, hash, fx->scratch, fx->scratch_len);
+    if (e->text != NULL) return;
+    if ((e->text = PyMem_Malloc(fx->scratch_len + 1)) == NULL) goto error;
+    memcpy(e->text, fx->scratch, fx->scratch_len);
+    e->len = fx->scratch_len;
+    e->hash = hash;
+    e->template = Py_NewRef(template);
+    fx->skel_used++;
+    return;
+error:
+    PyErr_Clear();
+}
+
+/* -- attach, fold ------------------------------------------------------------------------ */
+
+static int import_attr(const char *module, const char *name, PyObject **out) {
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL) return -1;
+    *out = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return *out == NULL ? -1 : 0;
+}
+
+static int attr_ll(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+PyObject *fx_attach(InOrder *self, PyObject *aggregator) {
+    FastState *fx = &self->fx;
+    if (fx->enabled) {
+        PyErr_SetString(PyExc_RuntimeError, "InOrder.attach: already attached");
+        return NULL;
+    }
+    PyObject *table = NULL, *flag = NULL;
+    long long max_templates, cache_size;
+    if ((fx->normalizer = PyObject_GetAttr(self->flows, s_normalizer)) == NULL) goto fail;
+    fx->aggregator = Py_NewRef(aggregator);
+    if (import_attr("probe.mysql.conversation", "Conversation", &fx->conv_type) < 0 ||
+        import_attr("collections", "deque", &fx->deque_type) < 0 ||
+        import_attr("probe.flows", "PinnedTemplate", &fx->pinned_type) < 0 ||
+        attr_ll(aggregator, s_max_templates, &max_templates) < 0 ||
+        attr_ll(fx->normalizer, s_cache_size, &cache_size) < 0)
+        goto fail;
+    const char *flags[3] = {"CLIENT_QUERY_ATTRIBUTES", "SERVER_QUERY_NO_INDEX_USED", "SERVER_QUERY_NO_GOOD_INDEX_USED"};
+    long long *values[3] = {&fx->query_attributes, &fx->no_index_flag, &fx->no_good_index_flag};
+    for (int i = 0; i < 3; i++) {
+        if (import_attr("probe.mysql.constants", flags[i], &flag) < 0) goto fail;
+        *values[i] = PyLong_AsLongLong(flag);
+        Py_CLEAR(flag);
+        if (PyErr_Occurred()) goto fail;
+    }
+    if (import_attr("message.sketch", "_KEY_TABLE", &table) < 0) goto fail;
+    if (!PyList_CheckExact(table)) {
+        PyErr_SetString(PyExc_TypeError, "InOrder.attach: message.sketch._KEY_TABLE must be a list");
+        goto fail;
+    }
+    fx->key_table_len = PyList_GET_SIZE(table);
+    if ((fx->key_table = PyMem_Calloc(fx->key_table_len + 1, sizeof(int))) == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < fx->key_table_len; i++) {
+        long key = PyLong_AsLong(PyList_GET_ITEM(table, i));
+        if (key == -1 && PyErr_Occurred()) goto fail;
+        if (key < -1000000 || key > 1000000) {
+            PyErr_SetString(PyExc_ValueError, "InOrder.attach: implausible sketch key");
+            goto fail;
+        }
+        fx->key_table[i] = (int)key;
+    }
+    Py_CLEAR(table);
+    fx->skel_max = cache_size < 16 ? 16 : cache_size > (1 << 20) ? (1 << 20) : cache_size;
+    fx->skel_cap = pow2_at_least(fx->skel_max * 2);
+    fx->acc_max = max_templates < 16 ? 16 : max_templates > (1 << 20) ? (1 << 20) : max_templates;
+    fx->acc_cap = pow2_at_least(fx->acc_max * 2);
+    fx->skel = PyMem_Calloc(fx->skel_cap, sizeof(SkelEntry));
+    fx->accs = PyMem_Calloc(fx->acc_cap, sizeof(Acc));
+    if (fx->skel == NULL || fx->accs == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    fx->skel_resets = -1;
+    fx->enabled = 1;
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(table);
+    Py_XDECREF(flag);
+    fx_release(fx);
+    return NULL;
+}
+
+PyObject *fx_fold(InOrder *self) {
+    FastState *fx = &self->fx;
+    PyObject *rows = PyList_New(0);
+    if (rows == NULL || !fx->enabled) return rows;
+    for (Py_ssize_t i = 0; i < fx->acc_cap; i++) {
+        Acc *a = &fx->accs[i];
+        if (a->key == NULL) continue;
+        if (a->count) {
+            PyObject *bins = PyDict_New();
+            if (bins == NULL) goto fail;
+            for (int k = 0; k < a->nbins; k++) {
+                if (!a->bins[k]) continue;
+                PyObject *key = PyLong_FromLong(a->lo + k), *count = PyLong_FromLongLong(a->bins[k]);
+                int rc = key == NULL || count == NULL ? -1 : PyDict_SetItem(bins, key, count);
+                Py_XDECREF(key);
+                Py_XDECREF(count);
+                if (rc < 0) {
+                    Py_DECREF(bins);
+                    goto fail;
+                }
+            }
+            PyObject *row = Py_BuildValue(
+                "(OOOOLLLLLLLLLLLLLLLN)", a->server, a->db, a->user, a->key, a->count, a->latency_sum, a->latency_min,
+                a->latency_max, a->ttfb_sum, a->first_ns, a->last_ns, a->rows, a->affected, a->bytes_in, a->bytes_out,
+                a->no_index, a->no_good_index, a->warnings, a->zero, bins);
+            if (row == NULL || PyList_Append(rows, row) < 0) {
+                Py_XDECREF(row);
+                goto fail;
+            }
+            Py_DECREF(row);
+        }
+        acc_free(a);
+    }
+    fx->acc_used = 0;
+    return rows;
+fail:
+    Py_DECREF(rows);
+    return NULL;
+}
+
+void fx_release(FastState *fx) {
+    if (fx->skel != NULL) {
+        skel_clear(fx);
+        PyMem_Free(fx->skel);
+        fx->skel = NULL;
+    }
+    if (fx->accs != NULL) {
+        for (Py_ssize_t i = 0; i < fx->acc_cap; i++) acc_free(&fx->accs[i]);
+        PyMem_Free(fx->accs);
+        fx->accs = NULL;
+    }
+    PyMem_Free(fx->key_table);
+    fx->key_table = NULL;
+    PyMem_Free(fx->scratch);
+    fx->scratch = NULL;
+    fx->scratch_cap = 0;
+    Py_CLEAR(fx->aggregator);
+    Py_CLEAR(fx->normalizer);
+    Py_CLEAR(fx->conv_type);
+    Py_CLEAR(fx->deque_type);
+    Py_CLEAR(fx->pinned_type);
+    fx->enabled = 0;
+}
+
+int fx_traverse(FastState *fx, visitproc visit, void *arg) {
+    Py_VISIT(fx->aggregator);
+    Py_VISIT(fx->normalizer);
+    Py_VISIT(fx->conv_type);
+    Py_VISIT(fx->deque_type);
+    Py_VISIT(fx->pinned_type);
+    for (Py_ssize_t i = 0; fx->skel != NULL && i < fx->skel_cap; i++) Py_VISIT(fx->skel[i].template);
+    return 0;
+}
+
+int fx_module_init(PyObject *module) {
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    INTERN(s_phase, "phase");
+    INTERN(s_c_desync, "_c_desync");
+    INTERN(s_c_inflate, "_c_inflate");
+    INTERN(s_c_buf, "_c_buf");
+    INTERN(s_c_part, "_c_part");
+    INTERN(s_c_skip, "_c_skip");
+    INTERN(s_pending, "pending");
+    INTERN(s_caps, "caps");
+    INTERN(s_c_off, "_c_off");
+    INTERN(s_limits, "limits");
+    INTERN(s_max_query_bytes, "max_query_bytes");
+    INTERN(s_s_desync, "_s_desync");
+    INTERN(s_s_inflate, "_s_inflate");
+    INTERN(s_s_buf, "_s_buf");
+    INTERN(s_s_skip, "_s_skip");
+    INTERN(s_s_cont, "_s_cont");
+    INTERN(s_s_off, "_s_off");
+    INTERN(s_deprecate_eof, "deprecate_eof");
+    INTERN(s_server, "server");
+    INTERN(s_db, "db");
+    INTERN(s_user, "user");
+    INTERN(s_c_packet_end, "_c_packet_end");
+    INTERN(s_s_last_ns, "_s_last_ns");
+    INTERN(s_server_ack, "_server_ack");
+    INTERN(s_cache_resets, "cache_resets");
+    INTERN(s_by_skeleton, "_by_skeleton");
+    INTERN(s_templates, "templates");
+    INTERN(s_slow_threshold_us, "slow_threshold_us");
+    INTERN(s_normalizer, "normalizer");
+    INTERN(s_feed2, "feed");
+    INTERN(s_max_templates, "max_templates");
+    INTERN(s_cache_size, "cache_size");
+    INTERN(s_conv2, "conv");
+#undef INTERN
+    if (PyType_Ready(&HeldType) < 0) return -1;
+    Py_INCREF(&HeldType);
+    if (PyModule_AddObject(module, "Held", (PyObject *)&HeldType) < 0) {
+        Py_DECREF(&HeldType);
+        return -1;
+    }
+    return 0;
+}

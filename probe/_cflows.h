@@ -1,0 +1,110 @@
+/* Shared by probe/_cflows.c (InOrder: the in-order TCP path) and probe/_cexchange.c (its
+ * COM_QUERY fast path): one extension module built from both files. */
+#ifndef PROBE_CFLOWS_H
+#define PROBE_CFLOWS_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* Offsets of the __slots__ of probe.flows.Connection and HalfStream. */
+typedef struct {
+    Py_ssize_t waiting, halves, conv, last_ns, held;
+} ConnSlots;
+typedef struct {
+    Py_ssize_t started, next_seq, offset, fin, ooo;
+} HalfSlots;
+
+/* One statement template's counters for one (server, db, user, key): what Aggregator.add
+ * would have added, folded into its TemplateStats by Aggregator.fold. */
+typedef struct {
+    PyObject *server, *db, *user, *key; /* strong references; NULL: a free entry */
+    Py_hash_t hash;
+    long long count, latency_sum, latency_min, latency_max, ttfb_sum, first_ns, last_ns, rows, affected, bytes_in,
+        bytes_out, no_index, no_good_index, warnings, zero;
+    int lo, nbins; /* sketch buckets lo .. lo + nbins - 1 */
+    long long *bins;
+} Acc;
+
+/* A skeleton cache entry: the literal skeleton of a COM_QUERY and its Template. */
+typedef struct {
+    unsigned long long hash;
+    Py_ssize_t len;
+    char *text;         /* NULL: a free entry */
+    PyObject *template; /* probe.normalize.Template (key, text) */
+} SkelEntry;
+
+typedef struct {
+    int enabled;                /* attach() was called */
+    PyObject *aggregator;       /* probe.aggregate.Aggregator */
+    PyObject *normalizer;       /* flows.normalizer */
+    PyObject *conv_type;        /* probe.mysql.conversation.Conversation */
+    PyObject *deque_type;       /* collections.deque */
+    PyObject *pinned_type;      /* probe.flows.PinnedTemplate */
+    long long query_attributes; /* CLIENT_QUERY_ATTRIBUTES */
+    long long no_index_flag, no_good_index_flag;
+    int *key_table; /* message.sketch._KEY_TABLE */
+    Py_ssize_t key_table_len;
+    /* The skeleton cache: valid while normalizer.cache_resets == skel_resets. */
+    SkelEntry *skel;
+    Py_ssize_t skel_cap, skel_used, skel_max;
+    long long skel_resets;
+    /* Accumulators, an open-addressing table of acc_cap entries (acc_used in use). */
+    Acc *accs;
+    Py_ssize_t acc_cap, acc_used, acc_max;
+    /* The skeleton of the client segment being fed, to learn its template afterwards. */
+    char *scratch;
+    Py_ssize_t scratch_cap, scratch_len;
+    int learn;
+    /* Counters. */
+    long long fast_exchanges, fast_replayed, fast_cache_resets, fast_accs_full;
+} FastState;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *flows;      /* the FlowTable */
+    PyObject *attrs;      /* flows.__dict__ */
+    PyObject *conn_type;  /* probe.flows.Connection */
+    PyObject *half_type;  /* probe.flows.HalfStream */
+    ConnSlots conn_slots;
+    HalfSlots half_slots;
+    PyObject *conns;      /* flows.table */
+    PyObject *ports;      /* flows.ports */
+    PyObject *server_ips; /* flows.server_ips (None: any) */
+    PyObject *fallback;   /* flows.segment (bound) */
+    vectorcallfunc vectorcall;
+    FastState fx;
+} InOrder;
+
+/* _cwire.c */
+typedef struct {
+    long long rows, affected;
+    unsigned status, warnings;
+    int deprecate; /* what conv.deprecate_eof becomes: -1 unchanged, 0 False, 1 True */
+} Resp;
+static inline Py_ssize_t le24(const unsigned char *p) {
+    return (Py_ssize_t)p[0] | (Py_ssize_t)p[1] << 8 | (Py_ssize_t)p[2] << 16;
+}
+static inline unsigned le16(const unsigned char *p) { return (unsigned)p[0] | (unsigned)p[1] << 8; }
+/* The literal skeleton of sql (n bytes) into out (room for n): its length, or -1. */
+Py_ssize_t skeleton(const unsigned char *s, Py_ssize_t n, char *out);
+/* 1 when data is one whole response the fast path completes (r filled), else 0. */
+int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r);
+
+/* _cexchange.c */
+int fx_module_init(PyObject *module);
+PyObject *fx_attach(InOrder *self, PyObject *aggregator);
+PyObject *fx_fold(InOrder *self);
+void fx_release(FastState *fx);
+int fx_traverse(FastState *fx, visitproc visit, void *arg);
+/* 1: the segment was handled (held or completed); 0: the caller feeds it (anything held
+ * on the connection was replayed first); -1: error. */
+int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int direction, PyObject *payload,
+               int has_ack, long long ack);
+/* After the caller fed a client segment fx_segment declined: learn its template. */
+void fx_learn(InOrder *self);
+PyObject *fx_skeleton(PyObject *module, PyObject *arg);
+/* Calls flows.on_events(events) when events is true; 0 or -1. */
+int inorder_emit(InOrder *self, PyObject *events);
+
+#endif
