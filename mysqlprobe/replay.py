@@ -39,14 +39,14 @@ from probe import native
 from probe.aggregate import DEFAULT_MAX_TEMPLATES
 from probe.capture import CaptureError, FileCapture
 from probe.decode import DecodeCounters, UnsupportedLinkType, make_decoder
-from probe.engine import Engine, EngineConfig
+from probe.engine import FAST_COUNTERS, Engine, EngineConfig
 
 _RECORD_OVERHEAD = 16  # pcap record header, for progress by bytes
 #: Templates one replay worker keeps before its own overflow entry takes further ones (its
 #: memory bound); the document's bound (``ReplayOptions.max_templates``) comes after the merge.
 WORKER_MAX_TEMPLATES = 200_000
 #: Capture counters that describe a worker's own work, not the file: in ``analysis``.
-_PER_WORKER_COUNTERS = ("normalizer_cache_resets", "fast_exchanges")
+_PER_WORKER_COUNTERS = ("normalizer_cache_resets", *FAST_COUNTERS)
 
 
 @dataclass

@@ -42,6 +42,9 @@ from probe.shard import Sharder
 _META = struct.Struct("IIII")
 #: Recent segment signatures kept for duplicate suppression.
 _DEDUP_ENTRIES = 8192
+#: Counters of the compiled COM_QUERY path: exchanges completed in C, held requests fed to
+#: Python after all, and its two bounds biting (skeleton cache cleared, accumulators full).
+FAST_COUNTERS = ("fast_exchanges", "fast_replayed", "fast_cache_resets", "fast_accs_full")
 #: How often (packet time) the flow table is swept for expired connections.
 _SWEEP_EVERY_NS = 5_000_000_000
 
@@ -290,7 +293,9 @@ class Engine:
         counters["connections_active"] = len(self.flows.table)
         counters["normalizer_cache_resets"] = self.normalizer.cache_resets
         counters["limit_hits"] = self.flows.limit_hits()
-        counters["fast_exchanges"] = self._compiled.fast_exchanges if self._compiled is not None else 0
+        compiled = self._compiled
+        for name in FAST_COUNTERS:  # the compiled COM_QUERY path (probe/_cexchange.c), and its bounds
+            counters[name] = getattr(compiled, name) if compiled is not None else 0
         return counters
 
     def drain(self) -> Interval:
