@@ -103,7 +103,8 @@ class Engine:
         )
         entry = self.flows.segment_entry
         #: The compiled path's COM_QUERY exchanges (``probe/_cexchange.c``) are counted in C
-        #: and folded into the aggregator before anything reads it (``_fold``).
+        #: and folded into the aggregator before anything reads it (``_fold``): they raise no
+        #: CommandCompleted event (a wrapper of ``flows.on_events`` does not see them).
         self._compiled = entry if native.cflows is not None and isinstance(entry, native.cflows.InOrder) else None
         if self._compiled is not None:
             self._compiled.attach(self.aggregator)
