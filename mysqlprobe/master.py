@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ from mysqlprobe.node import BaseNode
 
 log = logging.getLogger("mysqlprobe.master")
 
+
+#: Fault injection for tests, never for production: the path of a trigger file. A master
+#: that publishes an interval report holding slave reports while the file exists deletes
+#: it, waits until its subscribers have been sent the report, and exits at once
+#: (``os._exit``, as after a kill -9) before acknowledging any of those slave reports: the
+#: window in which a successor is offered reports that were already published.
+FAULT_EXIT_AFTER_PUBLISH = "MYSQLPROBE_FAULT_EXIT_AFTER_PUBLISH"
+#: The exit status of a master that ``FAULT_EXIT_AFTER_PUBLISH`` ended.
+FAULT_EXIT_CODE = 86
 
 #: Reports to acknowledge: (slave address, node, incarnation) -> (connection, seqs).
 Acks = dict[tuple[str, str, str], tuple[Link, list[int]]]
@@ -65,6 +75,7 @@ class MasterNode(BaseNode):
         self.checkpoints = 0
         self._dirty = False
         self.outbox: dict[str, Any] | None = None  # a merged report checkpointed, maybe not published
+        self.fault_exit_trigger = os.environ.get(FAULT_EXIT_AFTER_PUBLISH) or None
         read_shaped(state / "master.json", "master-checkpoint", self._restore)
 
     def _restore(self, saved: dict[str, Any]) -> None:
@@ -212,6 +223,8 @@ class MasterNode(BaseNode):
                 self._dirty = True
                 durable = await self.checkpoint(acknowledge=False)
                 self.publish(report)
+                if self.fault_exit_trigger is not None and any(slave["seqs"] for slave in report["slaves"]):
+                    await self._fault_exit_after_publish()
                 for key, (link, seqs) in acks.items():
                     self.published_acks.setdefault(key, (link, []))[1].extend(seqs)
                 if durable:
@@ -226,6 +239,18 @@ class MasterNode(BaseNode):
                 self._dirty = True
             self.settings.apply_pending()
             self.interval_start = end
+
+    async def _fault_exit_after_publish(self) -> None:
+        """``FAULT_EXIT_AFTER_PUBLISH``: die now if the trigger file exists (tests only)."""
+        assert self.fault_exit_trigger is not None
+        try:
+            os.unlink(self.fault_exit_trigger)
+        except FileNotFoundError:
+            return
+        sent = await self.hub.sent(5.0)
+        log.warning("fault injection: exiting after publishing seq %d (subscribers sent it: %s)", self.seq, sent)
+        logging.shutdown()
+        os._exit(FAULT_EXIT_CODE)
 
     async def stop(self) -> None:
         await self.checkpoint()

@@ -311,8 +311,21 @@ class CollectorHub:
             except (TimeoutError, ConnectionResetError, RuntimeError):
                 self._drop(sub, "write timed out")
                 return
+            finally:
+                sub.queue.task_done()
             sub.sent += 1
             self.messages_sent += 1
+
+    async def sent(self, timeout_s: float) -> bool:
+        """Wait until every subscriber has been sent what was queued for it (at most
+        ``timeout_s``); False if one has not."""
+        waits = [asyncio.ensure_future(sub.queue.join()) for sub in self.subscribers]
+        if not waits:
+            return True
+        _, pending = await asyncio.wait(waits, timeout=timeout_s)
+        for wait in pending:
+            wait.cancel()
+        return not pending
 
     async def _request(self, sub: _Subscriber, text: str) -> None:
         """One text message from a subscriber; never raises (a bad one is counted and
