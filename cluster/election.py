@@ -182,13 +182,19 @@ class Election:
                 return self.is_master, self.epoch
             if not self.candidate:
                 return False, self.current_epoch()
-            if self._lock.isAcquired(MASTER_LOCK):
-                return self.is_master, self.epoch
+            held = self._lock.isAcquired(MASTER_LOCK)
+            if held and self.is_master:
+                return True, self.epoch
             if self.is_master:
                 log.warning("lost the master lock (epoch %d): stepping down", self.epoch)
                 self.is_master = False
+            if held:
+                log.warning("holding the master lock without being master (an earlier attempt timed out): taking over")
             try:
-                won = bool(self._lock.tryAcquire(MASTER_LOCK, sync=True, timeout=self.lock_ttl_s / 2))
+                # Held but not master: an acquisition (or the epoch increment after it) timed
+                # out here yet was committed; the lock manager keeps prolonging the lock, so
+                # finish taking over, or no node would ever be master.
+                won = held or bool(self._lock.tryAcquire(MASTER_LOCK, sync=True, timeout=self.lock_ttl_s / 2))
                 if won:
                     epoch = self._counter.inc(sync=True, timeout=self.lock_ttl_s / 2)
                     if self._journal_failing():  # it failed meanwhile: the next round recovers
