@@ -49,6 +49,8 @@ DROP_COUNTERS = [
     (("collector", "inbound_too_large"), "subscriber messages too large"),
     (("collector", "spool", "overflowed"), "spool overflowed"),
     (("merge", "duplicates"), "duplicates dropped (master)"),
+    (("merge", "duplicates_published_by_predecessor"), "  of which published by the predecessor"),
+    (("merge", "predecessor_seqs_forgotten"), "learned seqs forgotten (standby)"),
     (("merge", "rejected"), "reports rejected (master)"),
     (("connections", "shed"), "connections shed"),
     (("connections", "timed_out"), "connections timed out"),
@@ -242,9 +244,11 @@ class Soak:
                     continue
                 seen_here.add(mine)
                 for slave in report.get("slaves", ()):
-                    for seq in slave.get("seqs", ()):
-                        key = (slave["node"], slave.get("incarnation"), seq)
-                        publications.setdefault(key, []).append((name, report["seq"]))
+                    lives = {slave.get("incarnation"): slave.get("seqs", ()), **slave.get("earlier_seqs", {})}
+                    for incarnation, seqs in lives.items():
+                        for seq in seqs:
+                            key = (slave["node"], incarnation, seq)
+                            publications.setdefault(key, []).append((name, report["seq"]))
         twice = {k: v for k, v in publications.items() if len(v) > 1}
         never = [k for k in slave_counts if k not in publications]
         merged: dict[str, int] = {}

@@ -14,6 +14,13 @@ N; nothing is ever overwritten. A gap in a slave's sequence numbers means interv
 never arrived: they are listed in the merged report (``missing``), as are slaves that sent
 nothing in the interval, so absence is visible rather than silent.
 
+Failover: a standby learns from the leader's published reports which slave reports they
+held (``learn_published``): they are remembered with the merged ones, marked as published
+by a predecessor. A master taking over starts from ``successor()``, which keeps only those
+marks: a slave offering such a report again (its acknowledgement never came) gets it
+dropped as a duplicate (counted apart, ``duplicates_published_by_predecessor``) and
+acknowledged, never merged a second time. The marks are bounded like the merged seqs.
+
 Sans-I/O: ``add(report)`` and ``drain(...)``; the caller owns the clock and the sockets.
 """
 
@@ -49,11 +56,17 @@ MAX_MISSING_LISTED = 100
 MAX_RETIRED_INCARNATIONS = 8
 
 
+#: A slave's remembered sequence numbers: seq -> whether a predecessor published it
+#: (True) rather than this master merging it (False).
+Seen = OrderedDict[int, bool]
+
+
 @dataclass
 class _SlaveState:
     last_seq: int = 0
-    seen: OrderedDict[int, None] = field(default_factory=OrderedDict)
-    reports: list[int] = field(default_factory=list)  # seqs merged in the current interval
+    seen: Seen = field(default_factory=OrderedDict)
+    reports: list[int] = field(default_factory=list)  # seqs of this incarnation merged in the interval
+    earlier: dict[str, list[int]] = field(default_factory=dict)  # ... and of earlier incarnations
     missing: list[int] = field(default_factory=list)
     missing_count: int = 0
     totals: dict[str, Any] = field(default_factory=dict)
@@ -62,7 +75,7 @@ class _SlaveState:
     gap_ns: int = 0  # capture gaps the slave reported (its restarts), ever
     incarnation: str = ""
     # earlier incarnations -> their sequence numbers seen (bounded like ``seen``)
-    retired: OrderedDict[str, OrderedDict[int, None]] = field(default_factory=OrderedDict)
+    retired: OrderedDict[str, Seen] = field(default_factory=OrderedDict)
     restarts: int = 0  # restarts without state, ever
     restarted: list[str] = field(default_factory=list)  # new incarnations in this interval
 
@@ -76,6 +89,9 @@ class ReportMerger:
         self.merged = 0
         self.rejected = 0
         self.restarts_without_state = 0
+        self.duplicates_published_by_predecessor = 0  # of ``duplicates``: offered again after a failover
+        self.predecessor_seqs = 0  # slave reports learned as published by the leader (standby)
+        self.predecessor_seqs_forgotten = 0  # such marks pushed out of the bounded window
         # Everything merged since ``since_ns`` (checkpointed with the rest): the totals that
         # must equal the servers' own accounting, whatever restarts happened in between.
         self.cumulative: dict[TemplateIdent, TemplateStats] = {}
@@ -94,6 +110,7 @@ class ReportMerger:
         self.by_slave: dict[TemplateIdent, dict[str, list[int]]] = {}
         for state in self.slaves.values():
             state.reports = []
+            state.earlier = {}
             state.missing = []
             state.missing_count = 0
             state.totals = {}
@@ -122,28 +139,25 @@ class ReportMerger:
             # A late report of an earlier incarnation (replayed from a spool): merged once.
             seen = state.retired[incarnation]
             if seq in seen:
-                self.duplicates += 1
-                return "duplicate"
-            seen[seq] = None
-            while len(seen) > self.seen_window:
-                seen.popitem(last=False)
+                return self._duplicate(seen[seq])
+            self._remember(seen, seq, False)
+            state.earlier.setdefault(incarnation, []).append(seq)
         else:
             if incarnation != state.incarnation:
                 self._restarted(node, state, incarnation)
-            if seq in state.seen or (state.seen and seq <= state.last_seq - self.seen_window):
-                self.duplicates += 1
-                return "duplicate"
+            if seq in state.seen:
+                return self._duplicate(state.seen[seq])
+            if state.seen and seq <= state.last_seq - self.seen_window:
+                return self._duplicate(False)
             if state.last_seq and seq > state.last_seq + 1:
                 gap = range(state.last_seq + 1, seq)
                 state.missing_count += len(gap)
                 room = MAX_MISSING_LISTED - len(state.missing)
                 state.missing.extend(list(gap)[: max(0, room)])
-            state.seen[seq] = None
-            while len(state.seen) > self.seen_window:
-                state.seen.popitem(last=False)
+            self._remember(state.seen, seq, False)
             state.last_seq = max(state.last_seq, seq)
+            state.reports.append(seq)
         state.last_report_ns = end_ns
-        state.reports.append(seq)
         state.merged += 1
         state.gap_ns += int(report.get("capture", {}).get("capture_gap_ns", 0))
         if texts:
@@ -171,15 +185,79 @@ class ReportMerger:
         self.merged += 1
         return "merged"
 
-    def _restarted(self, node: str, state: _SlaveState, incarnation: str) -> None:
-        """``node`` reports under a new incarnation: it lost its state. Its numbering
-        starts again; the old incarnation's sequence numbers are kept for late replays."""
+    def _duplicate(self, by_predecessor: bool) -> str:
+        self.duplicates += 1
+        if by_predecessor:
+            self.duplicates_published_by_predecessor += 1
+        return "duplicate"
+
+    def _remember(self, seen: Seen, seq: int, by_predecessor: bool) -> None:
+        """Remember ``seq`` in a bounded window (a predecessor's mark is never undone)."""
+        seen[seq] = by_predecessor or seen.get(seq, False)
+        while len(seen) > self.seen_window:
+            _, marked = seen.popitem(last=False)
+            self.predecessor_seqs_forgotten += marked
+
+    def _retire(self, state: _SlaveState, incarnation: str) -> None:
+        """``incarnation`` is the slave's current one now; the old one's seqs are kept."""
         state.retired[state.incarnation] = state.seen
+        if state.reports:
+            state.earlier.setdefault(state.incarnation, []).extend(state.reports)
+            state.reports = []
         while len(state.retired) > MAX_RETIRED_INCARNATIONS:
-            state.retired.popitem(last=False)
+            _, seen = state.retired.popitem(last=False)
+            self.predecessor_seqs_forgotten += sum(seen.values())
+        state.retired.pop(incarnation, None)
         state.incarnation = incarnation
         state.seen = OrderedDict()
         state.last_seq = 0
+
+    def learn_published(self, node: str, incarnation: str, seqs: list[int], *, current: bool = True) -> None:
+        """A standby's lesson from the leader's feed: the leader published these reports of
+        ``node`` (``current``: its latest incarnation, as a merged report's ``seqs`` say).
+        Should this node lead next, the slave may offer them again: they are duplicates."""
+        state = self.slaves.get(node)
+        if state is None:
+            state = self.slaves[node] = _SlaveState(incarnation=incarnation)
+        if incarnation == state.incarnation:
+            seen = state.seen
+            state.last_seq = max([state.last_seq, *seqs])
+        elif incarnation in state.retired:
+            seen = state.retired[incarnation]
+        elif current:
+            self._retire(state, incarnation)  # restarted: the leader counted and showed it
+            seen = state.seen
+            state.last_seq = max([0, *seqs])
+        else:
+            seen = state.retired[incarnation] = OrderedDict()
+        for seq in seqs:
+            self.predecessor_seqs += 1
+            self._remember(seen, seq, True)
+
+    def successor(self) -> ReportMerger:
+        """A merger for a new term of this node as master: nothing of its own earlier
+        merges (unacknowledged, the slaves offer them again and they are merged afresh),
+        only what it learned a predecessor published."""
+        merger = ReportMerger(max_slow=self.max_slow, seen_window=self.seen_window)
+        merger.predecessor_seqs = self.predecessor_seqs
+        merger.predecessor_seqs_forgotten = self.predecessor_seqs_forgotten
+        for node, state in self.slaves.items():
+            seen: Seen = OrderedDict((seq, True) for seq, marked in state.seen.items() if marked)
+            retired = OrderedDict(
+                (inc, OrderedDict((seq, True) for seq, marked in seqs.items() if marked))
+                for inc, seqs in state.retired.items()
+            )
+            retired = OrderedDict((inc, seqs) for inc, seqs in retired.items() if seqs)
+            if seen or retired:
+                merger.slaves[node] = _SlaveState(
+                    last_seq=max(seen, default=0), seen=seen, incarnation=state.incarnation, retired=retired
+                )
+        return merger
+
+    def _restarted(self, node: str, state: _SlaveState, incarnation: str) -> None:
+        """``node`` reports under a new incarnation: it lost its state. Its numbering
+        starts again; the old incarnation's sequence numbers are kept for late replays."""
+        self._retire(state, incarnation)
         state.restarts += 1
         state.restarted.append(incarnation)
         self.restarts_without_state += 1
@@ -203,13 +281,14 @@ class ReportMerger:
         """The cluster report of the interval that ends; ``expected`` lists the slaves that
         should have reported (their state, if known, from ``states``)."""
         slaves = []
-        for name in sorted(set(expected) | {n for n, s in self.slaves.items() if s.reports}):
+        for name in sorted(set(expected) | {n for n, s in self.slaves.items() if s.reports or s.earlier}):
             state = self.slaves.get(name, _SlaveState())
             slaves.append(
                 {
                     "node": name,
-                    "state": (states or {}).get(name, "reporting" if state.reports else "silent"),
-                    "seqs": list(state.reports),
+                    "state": (states or {}).get(name, "reporting" if state.reports or state.earlier else "silent"),
+                    "seqs": list(state.reports),  # of ``incarnation``
+                    "earlier_seqs": {inc: list(seqs) for inc, seqs in state.earlier.items()},
                     "missing_seqs": list(state.missing),
                     "missing_count": state.missing_count,
                     "totals": dict(state.totals),
@@ -246,6 +325,7 @@ class ReportMerger:
                 if s["missing_count"] or s["state"] != "reporting"
             ],
             "duplicates_dropped": self.duplicates,
+            "duplicates_published_by_predecessor": self.duplicates_published_by_predecessor,
             "restarts_without_state": self.restarts_without_state,
             "heartbeat": self.heartbeat,
         }
@@ -293,7 +373,9 @@ class ReportMerger:
                 name: {
                     "last_seq": state.last_seq,
                     "seen": list(state.seen),
+                    "published_by_predecessor": [seq for seq, marked in state.seen.items() if marked],
                     "reports": state.reports,
+                    "earlier": state.earlier,
                     "missing": state.missing,
                     "missing_count": state.missing_count,
                     "totals": state.totals,
@@ -302,6 +384,9 @@ class ReportMerger:
                     "gap_ns": state.gap_ns,
                     "incarnation": state.incarnation,
                     "retired": {inc: list(seqs) for inc, seqs in state.retired.items()},
+                    "retired_published_by_predecessor": {
+                        inc: [seq for seq, marked in seqs.items() if marked] for inc, seqs in state.retired.items()
+                    },
                     "restarts": state.restarts,
                     "restarted": state.restarted,
                 }
@@ -312,6 +397,9 @@ class ReportMerger:
                 "merged": self.merged,
                 "rejected": self.rejected,
                 "restarts_without_state": self.restarts_without_state,
+                "duplicates_published_by_predecessor": self.duplicates_published_by_predecessor,
+                "predecessor_seqs": self.predecessor_seqs,
+                "predecessor_seqs_forgotten": self.predecessor_seqs_forgotten,
             },
         }
 
@@ -345,6 +433,7 @@ class ReportMerger:
             state = _SlaveState(
                 last_seq=int(data["last_seq"]),
                 reports=list(data["reports"]),
+                earlier={str(inc): [int(seq) for seq in seqs] for inc, seqs in dict(data.get("earlier", {})).items()},
                 missing=list(data["missing"]),
                 missing_count=int(data["missing_count"]),
                 totals=dict(data["totals"]),
@@ -355,15 +444,21 @@ class ReportMerger:
                 restarts=int(data.get("restarts", 0)),
                 restarted=[str(i) for i in data.get("restarted", [])],
             )
-            state.seen = OrderedDict((int(seq), None) for seq in data["seen"])
+            marked = {int(seq) for seq in data.get("published_by_predecessor", ())}
+            state.seen = OrderedDict((int(seq), int(seq) in marked) for seq in data["seen"])
+            retired_marked = dict(data.get("retired_published_by_predecessor", {}))
             for inc, seqs in dict(data.get("retired", {})).items():
-                state.retired[str(inc)] = OrderedDict((int(seq), None) for seq in seqs)
+                marked = {int(seq) for seq in retired_marked.get(inc, ())}
+                state.retired[str(inc)] = OrderedDict((int(seq), int(seq) in marked) for seq in seqs)
             self.slaves[name] = state
         counters = snapshot.get("counters", {})
         self.duplicates = int(counters.get("duplicates", 0))
         self.merged = int(counters.get("merged", 0))
         self.rejected = int(counters.get("rejected", 0))
         self.restarts_without_state = int(counters.get("restarts_without_state", 0))
+        self.duplicates_published_by_predecessor = int(counters.get("duplicates_published_by_predecessor", 0))
+        self.predecessor_seqs = int(counters.get("predecessor_seqs", 0))
+        self.predecessor_seqs_forgotten = int(counters.get("predecessor_seqs_forgotten", 0))
 
     def cumulative_report(self) -> dict[str, Any]:
         ordered = sorted(self.cumulative.values(), key=lambda t: (-t.latency_sum, t.key))
@@ -382,5 +477,6 @@ class ReportMerger:
                 for name, s in self.slaves.items()
             },
             "duplicates_dropped": self.duplicates,
+            "duplicates_published_by_predecessor": self.duplicates_published_by_predecessor,
             "restarts_without_state": self.restarts_without_state,
         }

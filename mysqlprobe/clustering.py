@@ -146,6 +146,19 @@ class Clustering:
             self.election.step_down()
             self.role = "standby"
 
+    def known_epoch(self) -> int:
+        """The highest epoch this node knows of: its own, or the election's counter."""
+        election = self.election
+        return max(self.epoch, election.current_epoch() if election is not None else 0)
+
+    def master_addresses(self) -> set[str]:
+        """HTTP addresses of the other live masters (the leader a standby follows; gossip)."""
+        return {
+            m.http_address
+            for m in self.members
+            if m.role == "master" and m.status == "alive" and m.name != self.name and m.http_address
+        }
+
     def slave_addresses(self) -> set[str]:
         """HTTP addresses of the slaves a master should subscribe to."""
         if self.static is not None:

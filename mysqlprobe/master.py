@@ -7,6 +7,17 @@ arrives (``cluster.merge``) and publishes the merged report on its own /collecto
 interval. As a standby it subscribes to nothing and waits; when the master dies it wins the
 election, gets a higher epoch, subscribes to every slave, and the slaves cut off the old
 master. A master that a slave refuses (its epoch is stale) steps down at once.
+
+A standby (gossip mode) follows the leader's published feed, its /collector, and learns
+which slave reports each published report holds (``ReportMerger.learn_published``; only
+reports of a master whose epoch is not newer than the cluster's, as this node knows it).
+The leader acknowledges those reports only after publishing them: killed in between, it
+leaves them in the slaves' spools, and they are offered to the next master. That master
+starts its term from what it learned (``ReportMerger.successor``): such a report is
+dropped as a duplicate (``duplicates_published_by_predecessor``) and acknowledged, so it
+leaves the spool without reaching the subscribers twice. (In static mode the successor
+is the same master restarted: its checkpoint remembers what it merged and its outbox
+holds the report it may have published, so it needs no feed.)
 """
 
 from __future__ import annotations
@@ -62,6 +73,18 @@ class MasterNode(BaseNode):
             ssl=self.client_tls,
         )
         self.clustering.on_change = self._retarget
+        # The leader's published feed, followed while this node is a standby (gossip mode).
+        self.feed = Subscriptions(
+            self._published_by_leader,
+            self._follower_hello,
+            token=lambda: self.config.token,
+            reconnect_max_s=config.websocket.reconnectperiods,
+            ping_s=config.websocket.pingtimeouts,
+            max_size=config.websocket.maxmessagesize,
+            ssl=self.client_tls,
+        )
+        self.feed_reports = 0  # the leader's reports learned from
+        self.feed_ignored = 0  # ... and those not taken (a newer epoch than known, not a master's)
         self.interval_start = time.time_ns()
         self.intake_latency_ms: list[float] = []
         # Reports merged (or recognised as duplicates) into the interval under way: they are
@@ -88,6 +111,32 @@ class MasterNode(BaseNode):
 
     def _hello(self) -> dict[str, Any]:
         return {"node": self.name, "role": "master", "epoch": self.clustering.epoch}
+
+    def _follower_hello(self) -> dict[str, Any]:
+        return {"node": self.name, "role": "standby", "epoch": self.clustering.epoch}
+
+    def _published_by_leader(self, link: Link, report: dict[str, Any], texts: dict[str, str]) -> None:
+        """A report the leader published: the slave reports it holds are merged for good."""
+        if self.current_role != "standby":
+            return
+        epoch = report.get("epoch")
+        if (
+            report.get("role") != "master"
+            or report.get("node") == self.name
+            or type(epoch) is not int
+            or epoch > self.clustering.known_epoch()
+        ):
+            self.feed_ignored += 1
+            return
+        self.feed_reports += 1
+        for slave in report.get("slaves", ()):
+            if not isinstance(slave, dict) or not isinstance(slave.get("node"), str):
+                continue
+            node, incarnation = slave["node"], str(slave.get("incarnation", ""))
+            self.merger.learn_published(node, incarnation, _seqs(slave.get("seqs")))
+            earlier = slave.get("earlier_seqs")
+            for old, seqs in earlier.items() if isinstance(earlier, dict) else ():
+                self.merger.learn_published(node, str(old), _seqs(seqs), current=False)
 
     def _report(self, link: Link, report: dict[str, Any], texts: dict[str, str]) -> None:
         if self.current_role != "master":
@@ -161,14 +210,16 @@ class MasterNode(BaseNode):
     def _retarget(self) -> None:
         targets = self.clustering.slave_addresses() if self.current_role == "master" else set()
         self.subscriptions.set_targets(targets)
+        self.feed.set_targets(self.clustering.master_addresses() if self.current_role == "standby" else set())
 
     async def cluster_changed(self, changed: bool) -> None:
         if changed and self.current_role == "master":
             # A new epoch: start the interval afresh and tell every slave who leads now.
             self.interval_start = time.time_ns()
-            self.merger = ReportMerger(max_slow=self.config.probe.maxslow)
             # Nothing merged before is published by this master now: unacknowledged, those
-            # reports are replayed by the slaves on the hello below and merged afresh.
+            # reports are replayed by the slaves on the hello below and merged afresh. What
+            # the leader before published is not: offered again, it is dropped and acknowledged.
+            self.merger = self.merger.successor()
             self.pending_acks = {}
             await self.subscriptions.announce()
         self._retarget()
@@ -255,6 +306,7 @@ class MasterNode(BaseNode):
     async def stop(self) -> None:
         await self.checkpoint()
         await self.subscriptions.close()
+        await self.feed.close()
 
     def status_body(self) -> dict[str, Any]:
         body = super().status_body()
@@ -265,11 +317,26 @@ class MasterNode(BaseNode):
                 "merge": {
                     "merged": self.merger.merged,
                     "duplicates": self.merger.duplicates,
+                    "duplicates_published_by_predecessor": self.merger.duplicates_published_by_predecessor,
+                    "predecessor_seqs": self.merger.predecessor_seqs,
+                    "predecessor_seqs_forgotten": self.merger.predecessor_seqs_forgotten,
                     "restarts_without_state": self.merger.restarts_without_state,
                     "rejected": self.merger.rejected,
                     "intake_latency_ms_p50": latencies[len(latencies) // 2] if latencies else None,
                     "checkpoints": self.checkpoints,
                 },
+                "leader_feed": {
+                    "links": self.feed.status(),
+                    "reports": self.feed_reports,
+                    "ignored": self.feed_ignored,
+                },
             }
         )
         return body
+
+
+def _seqs(value: object) -> list[int]:
+    """The sequence numbers of a published report's slave entry (anything else dropped)."""
+    if not isinstance(value, list):
+        return []
+    return [seq for seq in value if type(seq) is int and seq >= 0]

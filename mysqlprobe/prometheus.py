@@ -477,6 +477,16 @@ class NodeMetrics:
             for name, doc in (
                 ("merged", "Slave reports merged."),
                 ("duplicates", "Slave reports dropped as duplicates (same node and seq)."),
+                (
+                    "duplicates_published_by_predecessor",
+                    "Of the duplicates: slave reports offered again after a failover, already published by the"
+                    " master before.",
+                ),
+                ("predecessor_seqs", "Slave reports a standby learned the leader published (its feed)."),
+                (
+                    "predecessor_seqs_forgotten",
+                    "Learned slave reports pushed out of the bounded window before they were offered again.",
+                ),
                 ("rejected", "Slave reports rejected as malformed."),
             ):
                 yield _counter(f"mysqlprobe_merge_{name}", doc, float(merge.get(name, 0) or 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cluster.merge import ReportMerger
@@ -100,8 +101,6 @@ def test_malformed_reports_are_rejected_not_merged() -> None:
 
 
 def test_snapshot_and_restore_resume_exactly() -> None:
-    import json
-
     merger = ReportMerger()
     merger.add(slave_report("s1", 1, [("0000000000000001", 1, [10, 20])]))
     drain(merger)
@@ -187,6 +186,8 @@ def test_a_slave_without_its_state_is_a_new_incarnation_merged_not_dropped() -> 
     report = drain(merger, ["s"])
     entry = report["slaves"][0]
     assert entry["incarnation"] == "new" and entry["restarted_without_state"] == ["new"]
+    # Each seq is listed under its own incarnation (what a standby learns from, see below).
+    assert entry["seqs"] == [1, 2] and entry["earlier_seqs"] == {"old": [1, 2, 3, 4, 5, 6]}
     assert report["restarts_without_state"] == 1 and report["templates"][0]["count"] == 8
     # A checkpoint keeps the incarnations: after a master restart nothing is merged twice.
     restored = ReportMerger()
@@ -196,3 +197,65 @@ def test_a_slave_without_its_state_is_a_new_incarnation_merged_not_dropped() -> 
     assert restored.add(with_incarnation(slave_report("s", 3, [("k", 0, [10])]), "new")) == "merged"
     assert restored.restarts_without_state == 1
     assert merger.add(with_incarnation(slave_report("s", 1, [("k", 0, [10])]), 5)) == "rejected"  # type: ignore[arg-type]
+
+
+def report_of(seq: int, incarnation: str = "i1", node: str = "s") -> dict[str, Any]:
+    return with_incarnation(slave_report(node, seq, [("k", 0, [10])]), incarnation)
+
+
+def test_a_successor_drops_and_counts_what_its_predecessor_published() -> None:
+    """A standby learns from the leader's feed; taking over, it drops (and the master
+    acknowledges) what the leader published, and merges the rest once."""
+    leader = ReportMerger()
+    for seq in (1, 2, 3):
+        assert leader.add(report_of(seq)) == "merged"
+    published = drain(leader, ["s"])
+    entry = published["slaves"][0]
+    standby = ReportMerger()
+    standby.learn_published("s", entry["incarnation"], entry["seqs"])
+    assert standby.add(report_of(4)) == "merged"  # its own, earlier term: not published
+    successor = standby.successor()
+    # The dead leader never acknowledged 1-3: the slave offers them again, with 4 and 5.
+    outcomes = [successor.add(report_of(seq)) for seq in (1, 2, 3, 4, 5)]
+    assert outcomes == ["duplicate"] * 3 + ["merged"] * 2
+    assert successor.duplicates == 3 and successor.duplicates_published_by_predecessor == 3
+    assert successor.add(report_of(5)) == "duplicate"  # its own duplicate: another cause
+    assert successor.duplicates == 4 and successor.duplicates_published_by_predecessor == 3
+    report = drain(successor, ["s"])
+    assert report["slaves"][0]["seqs"] == [4, 5] and report["missing"] == []  # no gap after 3
+    assert report["templates"][0]["count"] == 2
+    assert report["duplicates_published_by_predecessor"] == 3 and successor.predecessor_seqs == 3
+    # The marks survive a checkpoint of the new term, and the term after.
+    restored = ReportMerger()
+    restored.restore(json.loads(json.dumps(successor.snapshot())))
+    assert restored.duplicates_published_by_predecessor == 3
+    assert restored.add(report_of(2)) == "duplicate" and restored.duplicates_published_by_predecessor == 4
+    assert restored.successor().add(report_of(3)) == "duplicate"
+
+
+def test_what_a_standby_learns_follows_the_slaves_incarnations() -> None:
+    standby = ReportMerger()
+    standby.learn_published("s", "i1", [1, 2, 3])
+    standby.learn_published("s", "i2", [1])  # the slave restarted without its state
+    standby.learn_published("s", "i1", [4], current=False)  # a late one of the old life
+    standby.learn_published("s", "i0", [9], current=False)  # an older life, seen late
+    assert standby.restarts_without_state == 0  # the leader counted and showed that restart
+    successor = standby.successor()
+    assert [successor.add(report_of(seq, "i1")) for seq in (1, 4, 5)] == ["duplicate", "duplicate", "merged"]
+    assert [successor.add(report_of(seq, "i2")) for seq in (1, 2)] == ["duplicate", "merged"]
+    assert successor.add(report_of(9, "i0")) == "duplicate"
+    assert successor.duplicates_published_by_predecessor == 4 and successor.restarts_without_state == 0
+    report = drain(successor, ["s"])
+    assert report["slaves"][0]["seqs"] == [2] and report["slaves"][0]["earlier_seqs"] == {"i1": [5]}
+
+
+def test_what_a_standby_learns_is_bounded_and_counted() -> None:
+    standby = ReportMerger(seen_window=4)
+    standby.learn_published("s", "i1", list(range(1, 11)))
+    assert standby.predecessor_seqs == 10 and standby.predecessor_seqs_forgotten == 6
+    successor = standby.successor()
+    assert successor.predecessor_seqs_forgotten == 6
+    # Forgotten, but older than the window: still taken for duplicates (not by this cause).
+    assert successor.add(report_of(2)) == "duplicate" and successor.duplicates_published_by_predecessor == 0
+    assert successor.add(report_of(9)) == "duplicate" and successor.duplicates_published_by_predecessor == 1
+    assert successor.add(report_of(11)) == "merged"

@@ -173,7 +173,7 @@ class Collector:
         raise AssertionError(f"condition not met in {timeout} s; {len(self.reports)} reports")
 
     def close(self) -> None:
-        if self._ws is not None:
+        if self._ws is not None and self._thread.is_alive():  # not when the peer closed it
             closing = asyncio.run_coroutine_threadsafe(self._ws.close(), self._loop)
             with contextlib.suppress(Exception):  # already closed by the peer
                 closing.result(10)
