@@ -39,12 +39,12 @@ class OptionalBuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("probe._cdecode", ["probe/_cdecode.c"]),
+        Extension("probe._cdecode", ["probe/_cdecode.c"], depends=["probe/_cflows_api.h"]),
         Extension("probe._cresponses", ["probe/_cresponses.c"]),
         Extension(
             "probe._cflows",
             ["probe/_cflows.c", "probe/_cexchange.c", "probe/_cwire.c"],
-            depends=["probe/_cflows.h"],
+            depends=["probe/_cflows.h", "probe/_cflows_api.h"],
         ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_cflows_api.h"
+
 #define LINKTYPE_NULL 0
 #define LINKTYPE_ETHERNET 1
 #define LINKTYPE_RAW_BSD 12
@@ -34,6 +36,8 @@ typedef struct {
 } Decoder;
 
 static PyObject *counter_names[5]; /* interned attribute names, by outcome */
+/* probe._cflows's capsule (NULL: not loaded, every segment goes through a Python call). */
+static const CflowsApi *cflows;
 
 static inline unsigned be16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
 
@@ -300,14 +304,36 @@ static PyObject *Decoder_call(Decoder *self, PyObject *args, PyObject *kwds) {
     return result;
 }
 
+/* A Parsed segment of frame f as the C values probe._cflows takes. */
+static void to_csegment(const unsigned char *f, const Parsed *s, CSegment *out) {
+    out->v6 = s->v6;
+    out->src4 = s->src4;
+    out->dst4 = s->dst4;
+    out->src6 = s->v6 ? f + s->src6 : NULL;
+    out->dst6 = s->v6 ? f + s->dst6 : NULL;
+    out->sport = s->sport;
+    out->dport = s->dport;
+    out->flags = s->flags;
+    out->seq = s->seq;
+    out->ack = s->ack;
+    out->len = s->end > s->data ? s->end - s->data : 0;
+    out->data = out->len ? f + s->data : NULL;
+}
+
 /* batch(buffer, meta, segment): for each 16-byte (sec, usec, offset, caplen) record of
  * meta (native byte order, as struct "IIII"), decode buffer[offset:offset + caplen] and
- * call segment(ts_ns, tuple) for each TCP segment. Returns None. */
+ * call segment(ts_ns, tuple) for each TCP segment. Returns None.
+ *
+ * When segment is a probe._cflows.InOrder, each segment is first offered to its C entry
+ * (the capsule) as C values pointing into buffer: the Segment tuple, its payload bytes
+ * and the timestamp int are built only when it declines, and then handed to what InOrder
+ * would have handed them to (FlowTable.segment). */
 static PyObject *Decoder_batch(Decoder *self, PyObject *args) {
     Py_buffer buffer, meta;
     PyObject *segment;
     if (!PyArg_ParseTuple(args, "y*y*O", &buffer, &meta, &segment)) return NULL;
     PyObject *result = NULL;
+    const CflowsApi *fused = cflows != NULL && Py_IS_TYPE(segment, cflows->inorder_type) ? cflows : NULL;
     if (meta.len % 16) {
         PyErr_SetString(PyExc_ValueError, "meta is not a whole number of 16-byte records");
         goto done;
@@ -329,16 +355,23 @@ static PyObject *Decoder_batch(Decoder *self, PyObject *args) {
             if (count(self, what) < 0) goto done;
             continue;
         }
-        PyObject *tuple = segment_tuple(f, &s);
-        if (!tuple) goto done;
-        PyObject *ts = PyLong_FromLongLong((long long)rec[0] * 1000000000LL + (long long)rec[1] * 1000LL);
-        if (!ts) {
-            Py_DECREF(tuple);
-            goto done;
+        long long ts_ns = (long long)rec[0] * 1000000000LL + (long long)rec[1] * 1000LL;
+        PyObject *callee = segment;
+        if (fused != NULL) {
+            CSegment cs;
+            to_csegment(f, &s, &cs);
+            int handled = fused->segment(segment, ts_ns, &cs);
+            if (handled < 0) goto done;
+            if (handled > 0) continue;
+            callee = fused->fallback(segment);
         }
-        PyObject *ret = PyObject_CallFunctionObjArgs(segment, ts, tuple, NULL);
-        Py_DECREF(ts);
-        Py_DECREF(tuple);
+        Py_INCREF(callee);
+        PyObject *tuple = segment_tuple(f, &s);
+        PyObject *ts = tuple != NULL ? PyLong_FromLongLong(ts_ns) : NULL;
+        PyObject *ret = ts != NULL ? PyObject_CallFunctionObjArgs(callee, ts, tuple, NULL) : NULL;
+        Py_DECREF(callee);
+        Py_XDECREF(ts);
+        Py_XDECREF(tuple);
         if (!ret) goto done;
         Py_DECREF(ret);
     }
@@ -531,6 +564,19 @@ static int module_exec(PyObject *module) {
             counter_names[i] = PyUnicode_InternFromString(names[i]);
             if (!counter_names[i]) return -1;
         }
+    }
+    if (cflows == NULL) {
+        /* Optional: without it (or another version of it) batch() calls every segment's
+         * callback from Python's side. */
+        PyObject *other = PyImport_ImportModule("probe._cflows");
+        PyObject *capsule = other != NULL ? PyObject_GetAttrString(other, "_C_API") : NULL;
+        const CflowsApi *api = capsule != NULL ? PyCapsule_GetPointer(capsule, CFLOWS_CAPSULE) : NULL;
+        if (api == NULL)
+            PyErr_Clear();
+        else if (api->version == CFLOWS_API_VERSION)
+            cflows = api; /* static storage in probe._cflows, which stays imported */
+        Py_XDECREF(capsule);
+        Py_XDECREF(other);
     }
     PyObject *type = PyType_FromModuleAndSpec(module, &Decoder_spec, NULL);
     if (!type) return -1;

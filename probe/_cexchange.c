@@ -344,12 +344,10 @@ static PyTypeObject HeldType = {
 /* -- the two halves of an exchange ------------------------------------------------------ */
 
 /* A client segment: 1 held, 0 not (fx->learn set when its template is worth learning). */
-static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, PyObject *payload, int has_ack,
-                long long ack, Held *h) {
+static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, const unsigned char *d,
+                const Py_ssize_t n, PyObject *payload, int has_ack, long long ack, Held *h) {
     FastState *fx = &self->fx;
     if ((PyObject *)Py_TYPE(conv) != fx->conv_type) return 0;
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(payload);
-    const Py_ssize_t n = PyBytes_GET_SIZE(payload);
     if (n <= 5 || n >= MAX_PACKET || d[3] != 0 || d[4] != COM_QUERY || le24(d) + 4 != n) return 0;
     long long ts_ns, phase, skip, caps, c_off, max_query;
     if (!PyLong_CheckExact(ts) || (ts_ns = PyLong_AsLongLong(ts)) == -1) {
@@ -393,9 +391,16 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, PyO
         fx->learn = 1;
         return 0;
     }
+    /* The held segment owns its bytes: d may point into a capture buffer that is reused. */
+    payload = payload != NULL ? Py_NewRef(payload) : PyBytes_FromStringAndSize((const char *)d, n);
+    if (payload == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
     if (h == NULL) {
         h = PyObject_GC_New(Held, &HeldType);
         if (h == NULL) {
+            Py_DECREF(payload);
             PyErr_Clear();
             return 0;
         }
@@ -408,7 +413,7 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, PyO
         Py_XDECREF(old); /* None */
     }
     h->ts = Py_NewRef(ts);
-    h->payload = Py_NewRef(payload);
+    h->payload = payload;
     h->template = Py_NewRef(e->template);
     h->ts_ns = ts_ns;
     h->has_ack = has_ack;
@@ -421,11 +426,9 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, PyO
 }
 
 /* The server segment after a held request: 1 completed here, 0 not (nothing changed). */
-static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, PyObject *payload, int has_ack,
-                    long long ack) {
+static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const unsigned char *d, const Py_ssize_t n,
+                    int has_ack, long long ack) {
     FastState *fx = &self->fx;
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(payload);
-    const Py_ssize_t n = PyBytes_GET_SIZE(payload);
     long long ts_ns, phase, skip, c_off, s_off, threshold;
     if (has_ack && ack < h->c_end) return 0; /* Python's "response to an unseen request" */
     if (!PyLong_CheckExact(ts) || (ts_ns = PyLong_AsLongLong(ts)) == -1) {
@@ -503,8 +506,8 @@ out:
     return rc;
 }
 
-int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int direction, PyObject *payload,
-               int has_ack, long long ack) {
+int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int direction, const unsigned char *d,
+               Py_ssize_t n, PyObject *payload, int has_ack, long long ack) {
     FastState *fx = &self->fx;
     fx->learn = 0;
     if (!fx->enabled) return 0;
@@ -513,13 +516,13 @@ int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int 
     Held *h = slot != NULL && slot != Py_None ? (Held *)slot : NULL;
     if (h != NULL && h->active) {
         if (direction == TO_CLIENT) {
-            int rc = complete(self, h, conv, ts, payload, has_ack, ack);
+            int rc = complete(self, h, conv, ts, d, n, has_ack, ack);
             if (rc != 0) return rc;
         }
         return replay(h, conv);
     }
     if (direction != TO_SERVER) return 0;
-    return hold(self, conn, conv, ts, payload, has_ack, ack, h);
+    return hold(self, conn, conv, ts, d, n, payload, has_ack, ack, h);
 }
 
 void fx_learn(InOrder *self) {

@@ -14,6 +14,12 @@
  * (MYSQLPROBE_NO_EXTENSIONS=1 runs it alone; tests/probe/test_cflows.py requires both to
  * give the same bytes, events, counters and state).
  *
+ * The same entry for a segment given as C values (inorder_csegment: addresses, ports,
+ * sequence numbers, flags and a pointer to the payload in the caller's buffer) is published
+ * as the capsule probe._cflows._C_API (probe/_cflows_api.h): probe._cdecode's batch loop
+ * calls it without building a Segment tuple or a payload bytes object, which are made only
+ * for a segment that goes to Python (the fallback, conv.feed, a held COM_QUERY's copy).
+ *
  * table.table, table.ports, table.server_ips and table.__dict__ are read once, at
  * construction (FlowTable never rebinds them); tcp_segments and on_events are read from that
  * __dict__ at each call (FlowTable's class defines neither). The fields of a Connection and
@@ -26,6 +32,7 @@
  * stream would need 2**63 bytes to overflow one, and a value that does not fit falls back).
  */
 #include "_cflows.h"
+#include "_cflows_api.h"
 
 #include <structmember.h>
 
@@ -112,22 +119,11 @@ static void fast_clear(Fast *f) {
     Py_CLEAR(f->conv);
 }
 
-/* 1: the in-order common case (f filled); 0: not it (nothing changed, no error set). */
-static int classify(InOrder *self, PyObject *seg, Fast *f) {
-    if (!PyTuple_CheckExact(seg) || PyTuple_GET_SIZE(seg) != 8) return 0;
-    PyObject *src = PyTuple_GET_ITEM(seg, 0), *dst = PyTuple_GET_ITEM(seg, 1);
-    PyObject *sport = PyTuple_GET_ITEM(seg, 2), *dport = PyTuple_GET_ITEM(seg, 3);
-    PyObject *payload = PyTuple_GET_ITEM(seg, 7);
-    if (!PyLong_CheckExact(PyTuple_GET_ITEM(seg, 6)) || !PyBytes_CheckExact(payload)) return 0;
-    long flags = PyLong_AsLong(PyTuple_GET_ITEM(seg, 6));
-    if (flags == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    if (flags & (TCP_SYN | TCP_FIN | TCP_RST) || !(flags & TCP_ACK)) return 0;
-    long long seq = u32_item(PyTuple_GET_ITEM(seg, 4)), ack = u32_item(PyTuple_GET_ITEM(seg, 5));
-    if (seq < 0 || ack < 0) return 0;
-
+/* 1: the in-order common case (f filled); 0: not it (nothing changed, no error set). The
+ * segment's flags were checked by the caller (no SYN, FIN or RST; ACK set); src, dst,
+ * sport and dport are what its tuple holds (borrowed), size its payload's length. */
+static int classify(InOrder *self, PyObject *src, PyObject *dst, PyObject *sport, PyObject *dport, long long seq,
+                    long long ack, Py_ssize_t size, Fast *f) {
     int in;
     PyObject *key;
     if ((in = contains(self->ports, dport)) != 0 &&
@@ -179,14 +175,14 @@ static int classify(InOrder *self, PyObject *seg, Fast *f) {
     Py_DECREF(other);
     if (!ok) goto no;
 
-    if (PyBytes_GET_SIZE(payload) == 0) return 1;
+    if (size == 0) return 1;
     /* In order, nothing held. */
     if (slot_flag(half, hs->started) != 1) goto no;
     if (as_ll(SLOT(half, hs->next_seq), &f->half_next) != 0 || f->half_next != seq) goto no;
     if (as_ll(SLOT(half, hs->offset), &f->half_offset) != 0) goto no;
     PyObject *ooo = SLOT(half, hs->ooo);
     if (ooo == NULL || !PyDict_CheckExact(ooo) || PyDict_GET_SIZE(ooo) != 0) goto no;
-    if (f->half_offset > LLONG_MAX - PyBytes_GET_SIZE(payload)) goto no;
+    if (f->half_offset > LLONG_MAX - size) goto no;
     f->conv = SLOT(conn, cs->conv);
     if (f->conv == NULL) goto no;
     Py_INCREF(f->conv);
@@ -211,64 +207,117 @@ int inorder_emit(InOrder *self, PyObject *events) {
     return 0;
 }
 
+/* What FlowTable.segment does for a classified segment (f) whose payload is d[0:size]
+ * (payload: the same bytes as an object, or NULL when there is none yet: one is made if
+ * the conversation must see it). 1: done; 0: declined before changing anything; -1: error. */
+static int advance(InOrder *self, Fast *f, PyObject *ts, const unsigned char *d, Py_ssize_t size,
+                   PyObject *payload) {
+    long long segments;
+    PyObject *counted = PyDict_GetItemWithError(self->attrs, s_tcp_segments); /* borrowed */
+    if (as_ll(counted, &segments) != 0 || segments == LLONG_MAX) {
+        PyErr_Clear();
+        return 0; /* not an int: Python's += decides */
+    }
+    PyObject *boxed = PyLong_FromLongLong(segments + 1);
+    if (boxed == NULL) return -1;
+    int stored = PyDict_SetItem(self->attrs, s_tcp_segments, boxed);
+    Py_DECREF(boxed);
+    if (stored < 0) return -1;
+    PyObject *old_ns = SLOT(f->conn, self->conn_slots.last_ns);
+    SLOT(f->conn, self->conn_slots.last_ns) = Py_NewRef(ts);
+    Py_XDECREF(old_ns); /* an int: no code runs */
+    if (size == 0) return 1;
+    if (set_slot_ll(f->half, self->half_slots.offset, f->half_offset + size) < 0) return -1;
+    if (set_slot_ll(f->half, self->half_slots.next_seq, (f->half_next + size) & 0xFFFFFFFFLL) < 0) return -1;
+    int fast = fx_segment(self, f->conn, f->conv, ts, f->direction, d, size, payload, f->has_ack_off, f->ack_off);
+    if (fast != 0) return fast;
+    int rc = -1;
+    PyObject *events = NULL, *ack_off = NULL, *direction = PyLong_FromLong(f->direction);
+    if (direction == NULL) goto done;
+    ack_off = f->has_ack_off ? PyLong_FromLongLong(f->ack_off) : Py_NewRef(Py_None);
+    if (ack_off == NULL) goto done;
+    if (payload == NULL) {
+        if ((payload = PyBytes_FromStringAndSize((const char *)d, size)) == NULL) goto done;
+    } else {
+        Py_INCREF(payload);
+    }
+    PyObject *call[5] = {f->conv, ts, direction, payload, ack_off};
+    events = PyObject_VectorcallMethod(s_feed, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(payload);
+    if (events == NULL) goto done;
+    fx_learn(self);
+    if (inorder_emit(self, events) < 0) goto done;
+    rc = 1;
+done:
+    Py_XDECREF(direction);
+    Py_XDECREF(ack_off);
+    Py_XDECREF(events);
+    return rc;
+}
+
+static int flags_fit(long flags) { return !(flags & (TCP_SYN | TCP_FIN | TCP_RST)) && (flags & TCP_ACK); }
+
 static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     InOrder *self = (InOrder *)callable;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0))
         return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     PyObject *ts = args[0], *seg = args[1];
-    Fast f = {NULL, NULL, NULL, 0, 0, 0, 0, 0};
-    if (!PyLong_CheckExact(ts) || !classify(self, seg, &f)) return fall_back(self, args);
-
-    /* From here on, what FlowTable.segment does for this segment. */
-    PyObject *result = NULL, *events = NULL;
-    long long segments;
-    PyObject *counted = PyDict_GetItemWithError(self->attrs, s_tcp_segments); /* borrowed */
-    if (as_ll(counted, &segments) != 0 || segments == LLONG_MAX) {
-        PyErr_Clear();
-        fast_clear(&f);
-        return fall_back(self, args); /* not an int: Python's += decides */
-    }
-    PyObject *boxed = PyLong_FromLongLong(segments + 1);
-    if (boxed == NULL) goto done;
-    int stored = PyDict_SetItem(self->attrs, s_tcp_segments, boxed);
-    Py_DECREF(boxed);
-    if (stored < 0) goto done;
-    PyObject *old_ns = SLOT(f.conn, self->conn_slots.last_ns);
-    SLOT(f.conn, self->conn_slots.last_ns) = Py_NewRef(ts);
-    Py_XDECREF(old_ns); /* an int: no code runs */
+    if (!PyLong_CheckExact(ts) || !PyTuple_CheckExact(seg) || PyTuple_GET_SIZE(seg) != 8) return fall_back(self, args);
     PyObject *payload = PyTuple_GET_ITEM(seg, 7);
-    Py_ssize_t size = PyBytes_GET_SIZE(payload);
-    if (size > 0) {
-        if (set_slot_ll(f.half, self->half_slots.offset, f.half_offset + size) < 0) goto done;
-        if (set_slot_ll(f.half, self->half_slots.next_seq, (f.half_next + size) & 0xFFFFFFFFLL) < 0) goto done;
-        int fast = fx_segment(self, f.conn, f.conv, ts, f.direction, payload, f.has_ack_off, f.ack_off);
-        if (fast < 0) goto done;
-        if (fast > 0) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
-        PyObject *direction = PyLong_FromLong(f.direction);
-        if (direction == NULL) goto done;
-        PyObject *ack_off = f.has_ack_off ? PyLong_FromLongLong(f.ack_off) : Py_NewRef(Py_None);
-        if (ack_off == NULL) {
-            Py_DECREF(direction);
-            goto done;
-        }
-        PyObject *call[5] = {f.conv, ts, direction, payload, ack_off};
-        events = PyObject_VectorcallMethod(s_feed, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        Py_DECREF(direction);
-        Py_DECREF(ack_off);
-        if (events == NULL) goto done;
-        fx_learn(self);
-        if (inorder_emit(self, events) < 0) goto done;
+    if (!PyLong_CheckExact(PyTuple_GET_ITEM(seg, 6)) || !PyBytes_CheckExact(payload)) return fall_back(self, args);
+    long flags = PyLong_AsLong(PyTuple_GET_ITEM(seg, 6));
+    if (flags == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return fall_back(self, args);
     }
-    result = Py_NewRef(Py_None);
-done:
-    Py_XDECREF(events);
+    if (!flags_fit(flags)) return fall_back(self, args);
+    long long seq = u32_item(PyTuple_GET_ITEM(seg, 4)), ack = u32_item(PyTuple_GET_ITEM(seg, 5));
+    if (seq < 0 || ack < 0) return fall_back(self, args);
+    Fast f = {NULL, NULL, NULL, 0, 0, 0, 0, 0};
+    Py_ssize_t size = PyBytes_GET_SIZE(payload);
+    if (!classify(self, PyTuple_GET_ITEM(seg, 0), PyTuple_GET_ITEM(seg, 1), PyTuple_GET_ITEM(seg, 2),
+                  PyTuple_GET_ITEM(seg, 3), seq, ack, size, &f))
+        return fall_back(self, args);
+    int rc = advance(self, &f, ts, (const unsigned char *)PyBytes_AS_STRING(payload), size, payload);
     fast_clear(&f);
-    return result;
+    if (rc == 0) return fall_back(self, args);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
+
+/* -- the capsule: the same for a segment given as C values (probe._cdecode's batch loop) -- */
+
+static PyObject *address(int v6, uint32_t v4, const unsigned char *a) {
+    return v6 ? PyBytes_FromStringAndSize((const char *)a, 16) : PyLong_FromUnsignedLong(v4);
+}
+
+static int inorder_csegment(PyObject *callable, long long ts_ns, const CSegment *s) {
+    InOrder *self = (InOrder *)callable;
+    if (!flags_fit((long)s->flags)) return 0;
+    PyObject *src = address(s->v6, s->src4, s->src6), *dst = address(s->v6, s->dst4, s->dst6);
+    PyObject *sport = PyLong_FromUnsignedLong(s->sport), *dport = PyLong_FromUnsignedLong(s->dport);
+    int rc = -1;
+    Fast f = {NULL, NULL, NULL, 0, 0, 0, 0, 0};
+    if (src == NULL || dst == NULL || sport == NULL || dport == NULL) goto done;
+    rc = classify(self, src, dst, sport, dport, s->seq, s->ack, s->len, &f);
+    if (rc == 0) goto done;
+    PyObject *ts = PyLong_FromLongLong(ts_ns);
+    if (ts == NULL) {
+        rc = -1;
+        goto done;
+    }
+    rc = advance(self, &f, ts, s->data, s->len, NULL);
+    Py_DECREF(ts);
+done:
+    fast_clear(&f);
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    Py_XDECREF(sport);
+    Py_XDECREF(dport);
+    return rc;
+}
+
+static PyObject *inorder_fallback(PyObject *callable) { return ((InOrder *)callable)->fallback; }
 
 /* The offset of the __slots__ member `name` of class `cls` (a writable object slot). */
 static int slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *out) {
@@ -450,7 +499,12 @@ static int module_exec(PyObject *module) {
         Py_DECREF(&InOrderType);
         return -1;
     }
-    return 0;
+    static CflowsApi api = {CFLOWS_API_VERSION, &InOrderType, inorder_csegment, inorder_fallback};
+    PyObject *capsule = PyCapsule_New(&api, CFLOWS_CAPSULE, NULL);
+    if (capsule == NULL) return -1;
+    int rc = PyModule_AddObjectRef(module, "_C_API", capsule);
+    Py_DECREF(capsule);
+    return rc;
 }
 
 static PyModuleDef_Slot module_slots[] = {

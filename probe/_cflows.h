@@ -98,9 +98,10 @@ PyObject *fx_fold(InOrder *self);
 void fx_release(FastState *fx);
 int fx_traverse(FastState *fx, visitproc visit, void *arg);
 /* 1: the segment was handled (held or completed); 0: the caller feeds it (anything held
- * on the connection was replayed first); -1: error. */
-int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int direction, PyObject *payload,
-               int has_ack, long long ack);
+ * on the connection was replayed first); -1: error. Its payload is d[0:n]; payload is the
+ * same bytes as an object or NULL (a held segment then keeps a copy of d). */
+int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int direction, const unsigned char *d,
+               Py_ssize_t n, PyObject *payload, int has_ack, long long ack);
 /* After the caller fed a client segment fx_segment declined: learn its template. */
 void fx_learn(InOrder *self);
 PyObject *fx_skeleton(PyObject *module, PyObject *arg);

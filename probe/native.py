@@ -5,7 +5,8 @@ The aio-libs pattern: ``probe/_cdecode.c`` (frame decoder, batch loops) and
 ``probe/_cflows.c`` (the in-order fast path of ``probe.flows.FlowTable.segment``) are built
 by setuptools when a C compiler is there and skipped when not; the pure-Python functions
 stay as fallback and as the oracle the compiled ones are tested against. All three modules
-are used or none. ``MYSQLPROBE_NO_EXTENSIONS=1`` forces the pure engine (an empty value or
+are used or none (``Decoder.batch`` calls ``probe._cflows.InOrder``'s C entry directly, found
+through the ``probe._cflows._C_API`` capsule). ``MYSQLPROBE_NO_EXTENSIONS=1`` forces the pure engine (an empty value or
 ``0`` does not). ``ENGINE`` names the one in use ("compiled" or "pure"); reports and
 ``/status`` show it.
 """

@@ -89,7 +89,7 @@ def test_skeleton_declines_non_ascii() -> None:
 class Side:
     """A flow table, its normalizer and an aggregator fed as probe.engine feeds one."""
 
-    def __init__(self, *, pure: bool) -> None:
+    def __init__(self, *, pure: bool, server_ips: frozenset[bytes] = frozenset({SERVER_IP.to_bytes(4, "big")})) -> None:
         self.pure = pure
         self.aggregator = Aggregator(slow_threshold_us=SLOW_US, max_templates=5, max_slow=3)
         self.normalizer = Normalizer(cache_size=9)
@@ -98,7 +98,7 @@ class Side:
             frozenset({PORT}),
             self._events,
             self.normalizer,
-            server_ips=frozenset({SERVER_IP.to_bytes(4, "big")}),
+            server_ips=server_ips,
             pure=pure,
         )
         self.entry: Any = self.flows.segment_entry
