@@ -147,6 +147,27 @@ PyObject *fx_skeleton(PyObject *module, PyObject *arg) {
 
 
 
+/* A length-encoded integer of an OK payload at *pos (as probe.mysql.packets.lenenc reads
+ * it: 1, 3, 4 or 9 bytes): 1 and *pos moved past it, or 0 (0xFB, 0xFF or truncated). An
+ * insert id above 250 takes 3 bytes or more: sysbench's INSERTs carry their explicit id. */
+static int ok_lenenc(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pos, unsigned long long *out) {
+    Py_ssize_t at = *pos, size;
+    if (at >= n) return 0;
+    unsigned first = p[at];
+    if (first < 0xFB) {
+        *out = first;
+        *pos = at + 1;
+        return 1;
+    }
+    size = first == 0xFC ? 2 : first == 0xFD ? 3 : first == 0xFE ? 8 : -1;
+    if (size < 0 || at + 1 + size > n) return 0;
+    unsigned long long value = 0;
+    for (Py_ssize_t i = size; i > 0; i--) value = value << 8 | p[at + i];
+    *out = value;
+    *pos = at + 1 + size;
+    return 1;
+}
+
 /* 1 when data is exactly one whole response this path completes (r filled), else 0.
  * deprecate: conv.deprecate_eof (1 True, 0 False, -1 None). Packets are read as
  * Responses._server_plain reads them; empty and 16 MiB packets are left to it. */
@@ -157,12 +178,18 @@ int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r)
     Py_ssize_t length = le24(d), end = 4 + length;
     if (length == 0 || length >= MAX_PACKET || end > n) return 0;
     unsigned first = d[4];
-    if (first == 0) { /* an OK packet with one-byte affected rows and insert id */
-        if (length < 7 || end != n || d[5] >= 0xFB || d[6] >= 0xFB) return 0;
-        r->status = le16(d + 7);
+    if (first == 0) { /* an OK packet: affected rows, insert id, status, warnings */
+        if (end != n) return 0;
+        const unsigned char *ok = d + 4;
+        Py_ssize_t pos = 1;
+        unsigned long long affected, insert_id;
+        if (!ok_lenenc(ok, length, &pos, &affected) || !ok_lenenc(ok, length, &pos, &insert_id)) return 0;
+        /* Python reads status and warnings only when both are there: without them, decline. */
+        if (pos + 4 > length || affected >= (1ULL << 32)) return 0;
+        r->status = le16(ok + pos);
         if (r->status & (MORE_RESULTS | SESSION_STATE_CHANGED)) return 0;
-        r->affected = d[5];
-        r->warnings = le16(d + 9);
+        r->affected = (long long)affected;
+        r->warnings = le16(ok + pos + 2);
         return 1;
     }
     if (!(first < 0xFB && (length == 1 || (length == 2 && d[5] == 1)))) return 0;
