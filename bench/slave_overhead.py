@@ -111,7 +111,10 @@ def main() -> None:
                     " WHERE NESTING_EVENT_LEVEL = 0 AND CURRENT_SCHEMA = 'sbtest' AND EVENT_NAME LIKE 'statement/sql/%'"
                 )[0][0]
             )
-            if executed >= HISTORY_LONG_SIZE:
+            held = int(
+                accounting._query("SELECT COUNT(*) FROM performance_schema.events_statements_history_long")[0][0]
+            )
+            if held >= HISTORY_LONG_SIZE:
                 # The history is a ring: it dropped the oldest statements. The digest table is
                 # then the only complete count (it may undercount a few, see above).
                 print(f"  history_long is full ({executed:,}): using the digest table's {digests:,}")
