@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,27 +63,10 @@ class MasterNode(BaseNode):
     def __init__(self, config: Config, state: Path) -> None:
         super().__init__(config, state)
         self.merger = ReportMerger(max_slow=config.probe.maxslow)
-        self.subscriptions = Subscriptions(
-            self._report,
-            self._hello,
-            token=lambda: self.config.token,
-            reconnect_max_s=config.websocket.reconnectperiods,
-            ping_s=config.websocket.pingtimeouts,
-            max_size=config.websocket.maxmessagesize,
-            on_refused=self._refused,
-            ssl=self.client_tls,
-        )
+        self.subscriptions = self._links(self._report, self._hello, on_refused=self._refused)
         self.clustering.on_change = self._retarget
         # The leader's published feed, followed while this node is a standby (gossip mode).
-        self.feed = Subscriptions(
-            self._published_by_leader,
-            self._follower_hello,
-            token=lambda: self.config.token,
-            reconnect_max_s=config.websocket.reconnectperiods,
-            ping_s=config.websocket.pingtimeouts,
-            max_size=config.websocket.maxmessagesize,
-            ssl=self.client_tls,
-        )
+        self.feed = self._links(self._published_by_leader, self._follower_hello)
         self.feed_reports = 0  # the leader's reports learned from
         self.feed_ignored = 0  # ... and those not taken (a newer epoch than known, not a master's)
         self.interval_start = time.time_ns()
@@ -108,6 +92,26 @@ class MasterNode(BaseNode):
         if outbox is not None and not isinstance(outbox, dict):
             raise TypeError("outbox: expected a report")
         self.outbox = outbox
+
+    def _links(
+        self,
+        on_report: Callable[[Link, dict[str, Any], dict[str, str]], None],
+        hello: Callable[[], dict[str, Any]],
+        on_refused: Callable[[Link, int], None] | None = None,
+    ) -> Subscriptions:
+        """Websocket subscriptions to other nodes' /collector, with this node's token, TLS
+        and websocket settings."""
+        ws = self.config.websocket
+        return Subscriptions(
+            on_report,
+            hello,
+            token=lambda: self.config.token,
+            reconnect_max_s=ws.reconnectperiods,
+            ping_s=ws.pingtimeouts,
+            max_size=ws.maxmessagesize,
+            ssl=self.client_tls,
+            on_refused=on_refused,
+        )
 
     def _hello(self) -> dict[str, Any]:
         return {"node": self.name, "role": "master", "epoch": self.clustering.epoch}

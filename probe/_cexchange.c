@@ -343,6 +343,18 @@ static PyTypeObject HeldType = {
 
 /* -- the two halves of an exchange ------------------------------------------------------ */
 
+/* The segment's time in ns and the conversation's __dict__ (a new reference), or NULL with
+ * no error set (a time that is not an int fitting a long long, or no dict). */
+static PyObject *conv_dict(PyObject *conv, PyObject *ts, long long *ts_ns) {
+    if (!PyLong_CheckExact(ts) || (*ts_ns = PyLong_AsLongLong(ts)) == -1) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *cd = PyObject_GenericGetDict(conv, NULL);
+    if (cd == NULL) PyErr_Clear();
+    return cd;
+}
+
 /* A client segment: 1 held, 0 not (fx->learn set when its template is worth learning). */
 static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, const unsigned char *d,
                 const Py_ssize_t n, PyObject *payload, int has_ack, long long ack, Held *h) {
@@ -350,15 +362,8 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, con
     if ((PyObject *)Py_TYPE(conv) != fx->conv_type) return 0;
     if (n <= 5 || n >= MAX_PACKET || d[3] != 0 || d[4] != COM_QUERY || le24(d) + 4 != n) return 0;
     long long ts_ns, phase, skip, caps, c_off, max_query;
-    if (!PyLong_CheckExact(ts) || (ts_ns = PyLong_AsLongLong(ts)) == -1) {
-        PyErr_Clear();
-        return 0;
-    }
-    PyObject *cd = PyObject_GenericGetDict(conv, NULL);
-    if (cd == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
+    PyObject *cd = conv_dict(conv, ts, &ts_ns);
+    if (cd == NULL) return 0;
     int ok = dict_ll(cd, s_phase, &phase) == 0 && phase == COMMANDS_PHASE && dict_is(cd, s_c_desync, Py_False) &&
              dict_is(cd, s_c_inflate, Py_None) && dict_empty_bytearray(cd, s_c_buf) &&
              dict_is(cd, s_c_part, Py_None) && dict_ll(cd, s_c_skip, &skip) == 0 && skip == 0 &&
@@ -431,15 +436,8 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
     FastState *fx = &self->fx;
     long long ts_ns, phase, skip, c_off, s_off, threshold;
     if (has_ack && ack < h->c_end) return 0; /* Python's "response to an unseen request" */
-    if (!PyLong_CheckExact(ts) || (ts_ns = PyLong_AsLongLong(ts)) == -1) {
-        PyErr_Clear();
-        return 0;
-    }
-    PyObject *cd = PyObject_GenericGetDict(conv, NULL);
-    if (cd == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
+    PyObject *cd = conv_dict(conv, ts, &ts_ns);
+    if (cd == NULL) return 0;
     int rc = 0, deprecate;
     PyObject *dep = PyDict_GetItemWithError(cd, s_deprecate_eof);
     PyObject *server = PyDict_GetItemWithError(cd, s_server), *db = PyDict_GetItemWithError(cd, s_db),
