@@ -164,7 +164,8 @@ class Aggregator:
     def fold(self, rows: list[tuple[Any, ...]]) -> None:
         """Statements the compiled path counted (``probe._cflows.InOrder.fold``), each row
         the sums of ``add`` over successful, complete, fast "Query" commands of one
-        (server, db, user, key) that already has its entry this interval."""
+        (server, db, user, key) that already has its entry this interval: merged into that
+        entry as any other partial statistics are (``TemplateStats.merge``)."""
         for (
             server,
             db,
@@ -188,25 +189,18 @@ class Aggregator:
             bins,
         ) in rows:
             stats = self.templates[(server, db, user, key)]
-            stats.latency_min = min(stats.latency_min, latency_min)
-            stats.latency_max = max(stats.latency_max, latency_max)
-            stats.first_seen_ns = min(stats.first_seen_ns, first_ns)
-            stats.last_seen_ns = max(stats.last_seen_ns, last_ns)
-            stats.count += count
-            stats.commands["Query"] = stats.commands.get("Query", 0) + count
-            stats.latency_sum += latency_sum
-            stats.ttfb_sum += ttfb_sum
-            sketch = stats.sketch
-            sketch.zero += zero
-            for bucket, n in bins.items():
-                sketch.bins[bucket] = sketch.bins.get(bucket, 0) + n
-            stats.rows_sent += rows_sent
-            stats.rows_affected += rows_affected
-            stats.bytes_in += bytes_in
-            stats.bytes_out += bytes_out
-            stats.no_index_used += no_index
-            stats.no_good_index_used += no_good_index
-            stats.warnings += warnings
+            part = TemplateStats(server, db, key, stats.template, user)
+            part.count = count
+            part.commands["Query"] = count
+            part.latency_sum, part.latency_min, part.latency_max = latency_sum, latency_min, latency_max
+            part.ttfb_sum = ttfb_sum
+            part.first_seen_ns, part.last_seen_ns = first_ns, last_ns
+            part.sketch.zero, part.sketch.bins = zero, bins
+            part.rows_sent, part.rows_affected = rows_sent, rows_affected
+            part.bytes_in, part.bytes_out = bytes_in, bytes_out
+            part.no_index_used, part.no_good_index_used = no_index, no_good_index
+            part.warnings = warnings
+            stats.merge(part)
             self.commands += count
 
     def add_login(self, event: LoginFinished) -> None:
