@@ -424,24 +424,27 @@ class CollectorHub:
                     )
         await sub.ws.send_str(json.dumps({"welcome": {"epoch": self.max_epoch}}))
         if self.spool is not None and len(self.spool):
-            self._replays = {task for task in self._replays if not task.done()}
-            self._replays.add(asyncio.ensure_future(self._replay(sub)))
+            self._start_replay(sub)
 
     def _reoffer(self, seq: int) -> None:
         """Offer the current masters again the reports left unacknowledged REOFFER_AFTER
         reports ago (see there)."""
         assert self.spool is not None
-        oldest = self.spool.status()["oldest_seq"]
+        oldest = self.spool.oldest_seq
         if oldest is None or seq - oldest < REOFFER_AFTER or seq - self._last_reoffer < REOFFER_AFTER:
             return
         masters = [sub for sub in self.subscribers if sub.master is not None and sub.epoch == self.max_epoch]
         if not masters:
             return
         self._last_reoffer = seq
-        self._replays = {task for task in self._replays if not task.done()}
         for sub in masters:
             self.reoffered += 1
-            self._replays.add(asyncio.ensure_future(self._replay(sub, before=seq - REOFFER_AFTER + 1)))
+            self._start_replay(sub, before=seq - REOFFER_AFTER + 1)
+
+    def _start_replay(self, sub: _Subscriber, before: int | None = None) -> None:
+        """``_replay`` in the background (its task kept until it is done)."""
+        self._replays = {task for task in self._replays if not task.done()}
+        self._replays.add(asyncio.ensure_future(self._replay(sub, before)))
 
     async def _replay(self, sub: _Subscriber, before: int | None = None) -> None:
         """Send a master every report it has not acknowledged (with ``before``, those of

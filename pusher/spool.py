@@ -197,6 +197,11 @@ class DiskSpool:
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    @property
+    def oldest_seq(self) -> int | None:
+        """The sequence number of the oldest report held, or None when empty."""
+        return next(iter(self._entries), ("", None))[1]
+
     def status(self) -> dict[str, Any]:
         return {
             "reports": len(self._entries),
@@ -208,5 +213,5 @@ class DiskSpool:
             "degraded": self.last_error is not None,
             "last_error": self.last_error,
             "stray_files": list(self.stray[:10]),
-            "oldest_seq": next(iter(self._entries), ("", None))[1],
+            "oldest_seq": self.oldest_seq,
         }
