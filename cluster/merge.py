@@ -242,12 +242,8 @@ class ReportMerger:
         merger.predecessor_seqs = self.predecessor_seqs
         merger.predecessor_seqs_forgotten = self.predecessor_seqs_forgotten
         for node, state in self.slaves.items():
-            seen: Seen = OrderedDict((seq, True) for seq, marked in state.seen.items() if marked)
-            retired = OrderedDict(
-                (inc, OrderedDict((seq, True) for seq, marked in seqs.items() if marked))
-                for inc, seqs in state.retired.items()
-            )
-            retired = OrderedDict((inc, seqs) for inc, seqs in retired.items() if seqs)
+            seen = _marked(state.seen)
+            retired = OrderedDict((inc, marks) for inc, seqs in state.retired.items() if (marks := _marked(seqs)))
             if seen or retired:
                 merger.slaves[node] = _SlaveState(
                     last_seq=max(seen, default=0), seen=seen, incarnation=state.incarnation, retired=retired
@@ -444,12 +440,10 @@ class ReportMerger:
                 restarts=int(data.get("restarts", 0)),
                 restarted=[str(i) for i in data.get("restarted", [])],
             )
-            marked = {int(seq) for seq in data.get("published_by_predecessor", ())}
-            state.seen = OrderedDict((int(seq), int(seq) in marked) for seq in data["seen"])
+            state.seen = _restored(data["seen"], data.get("published_by_predecessor", ()))
             retired_marked = dict(data.get("retired_published_by_predecessor", {}))
             for inc, seqs in dict(data.get("retired", {})).items():
-                marked = {int(seq) for seq in retired_marked.get(inc, ())}
-                state.retired[str(inc)] = OrderedDict((int(seq), int(seq) in marked) for seq in seqs)
+                state.retired[str(inc)] = _restored(seqs, retired_marked.get(inc, ()))
             self.slaves[name] = state
         counters = snapshot.get("counters", {})
         self.duplicates = int(counters.get("duplicates", 0))
@@ -480,3 +474,14 @@ class ReportMerger:
             "duplicates_published_by_predecessor": self.duplicates_published_by_predecessor,
             "restarts_without_state": self.restarts_without_state,
         }
+
+
+def _marked(seen: Seen) -> Seen:
+    """Only the seqs a predecessor published, as ``successor`` keeps them."""
+    return OrderedDict((seq, True) for seq, marked in seen.items() if marked)
+
+
+def _restored(seqs: Any, marked: Any) -> Seen:
+    """A checkpointed window of seqs, with the predecessor's marks put back."""
+    published = {int(seq) for seq in marked}
+    return OrderedDict((int(seq), int(seq) in published) for seq in seqs)
