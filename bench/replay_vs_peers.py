@@ -1,7 +1,7 @@
 """Benchmark: ``mysqlprobe replay`` against tshark and pt-query-digest on one sysbench capture.
 
 1. starts a throw-away mariadbd and records 5 s of ``sysbench oltp_read_write`` (8 threads,
-   --db-ps-mode=disable) on lo, unless --pcap names an existing capture;
+   --db-ps-mode=disable, or auto with --prepared) on lo, unless --pcap names an existing capture;
 2. times, in the same run and on the same file (best of --repeat runs each):
    - mysqlprobe replay --format json (1 worker and the default workers),
    - tshark -r FILE -d tcp.port==PORT,mysql -Y mysql.query -T fields -e frame.time_epoch -e mysql.query,
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,21 +46,21 @@ def ensure_tools() -> None:
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
 
 
-def record(seconds: int, threads: int) -> tuple[Path, int, int]:
+def record(seconds: int, threads: int, *, prepared: bool = False) -> tuple[Path, int, int]:
     from tests.support.mariadb import MariaDB
     from tests.support.recorder import LoopbackRecorder
     from tests.support.sysbench import run_options, sysbench_argv
 
     server = MariaDB()
     server.start()
-    path = OUT / "sysbench.pcap"
+    path = OUT / ("sysbench-ps.pcap" if prepared else "sysbench.pcap")
     try:
         server.query("CREATE DATABASE sbtest")
         common = sysbench_argv(server.port)
         subprocess.run([*common, "prepare"], check=True, capture_output=True)
         with LoopbackRecorder(server.port, str(path)) as recorder:
             run = subprocess.run(
-                [*common, *run_options(threads, seconds)],
+                [*common, *run_options(threads, seconds, prepared=prepared)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -100,16 +101,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--prepared",
+        action="store_true",
+        help="record with --db-ps-mode=auto: every statement a prepared statement's execute (tshark then "
+        "counts COM_STMT_EXECUTE packets too; pt-query-digest reads no executes and is timed for reference)",
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     ensure_tools()
     if args.pcap:
         path, port, sysbench_queries = Path(args.pcap), args.port or 3306, 0
     else:
-        path, port, sysbench_queries = record(args.seconds, args.threads)
+        path, port, sysbench_queries = record(args.seconds, args.threads, prepared=args.prepared)
 
     probe = [sys.executable, "-m", "mysqlprobe.cli", "replay", str(path), "--port", str(port), "--format", "json"]
-    results: dict[str, dict[str, float | int]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for workers in (1, min(2, os.cpu_count() or 1)):
         elapsed, _, out = best(args.repeat, [*probe, "--workers", str(workers)])
         doc = json.loads(out)
@@ -127,7 +134,7 @@ def main() -> None:
         "-d",
         f"tcp.port=={port},mysql",
         "-Y",
-        "mysql.query",
+        "mysql.query or mysql.command == 23" if args.prepared else "mysql.query",
         "-T",
         "fields",
         "-e",

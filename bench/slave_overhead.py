@@ -1,14 +1,18 @@
 """Benchmark: a live slave under sysbench oltp_read_write at the highest rate this machine runs.
 
-Runs sysbench against a throw-away mariadbd alternately without and with a slave capturing
-on lo (two rounds each), and reports, in the same run:
+Runs sysbench against a throw-away mariadbd in interleaved rounds: without a capture, with
+a bare ``tcpdump -w /dev/null`` on the same port (the peer: what any libpcap capture costs
+the server's host, with nothing done to the packets), and with a slave capturing on lo; it
+reports, in the same run:
 - statements the slave reported / statements the server executed (performance_schema's
   events_statements_history_long, every statement of the sbtest schema; the digest summary
   is shown too), which must be >= 99.99%;
 - kernel drops (pcap) reported by the slave, which must be 0;
 - the slave's CPU (parent + workers, from /proc) per 1,000 statements;
-- sysbench throughput with the slave running against without it.
-Needs root and sysbench. Run from the repository root: ``python3 bench/slave_overhead.py``.
+- sysbench throughput with the slave running against without it, and tcpdump's.
+``--prepared`` runs sysbench with --db-ps-mode=auto (every statement an execute of a
+server-side prepared statement). Needs root, sysbench and tcpdump.
+Run from the repository root: ``python3 bench/slave_overhead.py``.
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ def own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK
 
 
-def sysbench(port: int, threads: int, seconds: int, command: str = "run") -> dict[str, float]:
-    argv = sysbench_argv(port) + (run_options(threads, seconds) if command == "run" else [command])
+def sysbench(
+    port: int, threads: int, seconds: int, command: str = "run", *, prepared: bool = False
+) -> dict[str, float]:
+    argv = sysbench_argv(port) + (run_options(threads, seconds, prepared=prepared) if command == "run" else [command])
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     if command != "run":
         return {}
@@ -81,25 +87,52 @@ def sysbench(port: int, threads: int, seconds: int, command: str = "run") -> dic
     return stats
 
 
+def tcpdump_round(port: int, threads: int, seconds: int, prepared: bool) -> dict[str, float]:
+    """sysbench with ``tcpdump -w /dev/null`` capturing the port on lo, with the slave's
+    snap length and buffer: the host's cost of a libpcap capture that analyses nothing."""
+    dump = subprocess.Popen(
+        ["tcpdump", "-i", "lo", "-s", "262144", "-B", str(32 << 10), "-w", "/dev/null", "-n", f"tcp port {port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    cpu_before = own_cpu(dump.pid)
+    run = sysbench(port, threads, seconds, prepared=prepared)
+    run["tcpdump_cpu_s"] = own_cpu(dump.pid) - cpu_before
+    dump.terminate()
+    _, err = dump.communicate(timeout=10)
+    # "N packets captured", "M packets dropped by kernel"
+    for line in err.splitlines():
+        if "dropped by kernel" in line:
+            run["kernel_drops"] = float(line.split()[0])
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
-        "--interval", type=int, default=1, help="the slave's report interval, s (the configuration's default is 10)"
+        "--interval", type=int, default=10, help="the slave's report interval, s (default: the configuration's)"
     )
+    parser.add_argument("--prepared", action="store_true", help="sysbench --db-ps-mode=auto")
+    parser.add_argument("--no-peer", action="store_true", help="skip the tcpdump rounds")
     args = parser.parse_args()
     server = MariaDB()
     server.start()
     workdir = Path(tempfile.mkdtemp(prefix="mysqlprobe-bench-"))
-    results: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+    results: dict[str, list[dict[str, float]]] = {"without": [], "tcpdump": [], "with": []}
+    ps = args.prepared
     try:
         server.query("CREATE DATABASE sbtest")
         sysbench(server.port, args.threads, args.seconds, "prepare")
-        sysbench(server.port, args.threads, 3)  # warm up the buffer pool
+        sysbench(server.port, args.threads, 3, prepared=ps)  # warm up the buffer pool
         for _ in range(args.rounds):
-            results["without"].append(sysbench(server.port, args.threads, args.seconds))
+            results["without"].append(sysbench(server.port, args.threads, args.seconds, prepared=ps))
+            if not args.no_peer:
+                results["tcpdump"].append(tcpdump_round(server.port, args.threads, args.seconds, ps))
             slave = {"interval": args.interval, "probe": {"device": "lo", "port": server.port, "workers": 2}}
             node = Node(workdir, slave, "slave")
             node.start()
@@ -110,7 +143,7 @@ def main() -> None:
             cpu_before = tree_cpu(node.proc.pid)  # type: ignore[union-attr]
             parent_before = own_cpu(node.proc.pid)  # type: ignore[union-attr]
             seen_before = len(collector.reports)
-            run = sysbench(server.port, args.threads, args.seconds)
+            run = sysbench(server.port, args.threads, args.seconds, prepared=ps)
             time.sleep(args.interval + 1.5)  # the last intervals close
             cpu = tree_cpu(node.proc.pid) - cpu_before  # type: ignore[union-attr]
             parent_cpu = own_cpu(node.proc.pid) - parent_before  # type: ignore[union-attr]
@@ -126,13 +159,25 @@ def main() -> None:
             held = int(
                 accounting._query("SELECT COUNT(*) FROM performance_schema.events_statements_history_long")[0][0]
             )
-            if held >= HISTORY_LONG_SIZE:
+            if ps:
+                # Executes are statement/com/Execute events (their statement nested below):
+                # the global summary counts every one, whatever the history ring kept.
+                executes = accounting.commands().get("Execute", 0)
+                print(f"  executes {executes:,} (performance_schema), text statements in the history {executed:,}")
+                executed += executes
+                digests = executed
+            elif held >= HISTORY_LONG_SIZE:
                 # The history is a ring: it dropped the oldest statements. The digest table is
                 # then the only complete count (it may undercount a few, see above).
                 print(f"  history_long is full ({executed:,}): using the digest table's {digests:,}")
                 executed = digests
             reports = collector.reports[seen_before:]
-            seen = sum(e["commands"].get("Query", 0) for r in reports for e in r["templates"] if e["db"] == "sbtest")
+            seen = sum(
+                e["commands"].get("Query", 0) + e["commands"].get("Execute", 0)
+                for r in reports
+                for e in r["templates"]
+                if e["db"] == "sbtest"
+            )
             drops = sum(
                 r["capture"].get("dropped_kernel", 0) + r["capture"].get("dropped_interface", 0) for r in reports
             )
@@ -165,9 +210,21 @@ def main() -> None:
             f"{(r['slave_cpu_s'] - r['parent_cpu_s']) / r['seen'] * 1e6:.1f}, parent "
             f"{r['parent_cpu_s'] / r['seen'] * 1e6:.1f}: reports, history and HTTP once per {args.interval} s interval)"
         )
+    for r in results["tcpdump"]:
+        print(
+            f"  with tcpdump -w /dev/null: {r['qps']:,.0f} q/s; kernel drops {r.get('kernel_drops', 0):.0f}; "
+            f"tcpdump CPU {r['tcpdump_cpu_s']:.2f} s = {r['tcpdump_cpu_s'] / r['queries'] * 1e6:.1f} ms per 1,000 "
+            "statements"
+        )
     for r in results["without"]:
         print(f"  without slave: {r['qps']:,.0f} q/s")
+    kind = "prepared (--db-ps-mode=auto)" if ps else "text (--db-ps-mode=disable)"
+    print(f"{kind}; slave report interval {args.interval} s")
     print(f"best throughput with slave / without: {with_slave:,.0f} / {without:,.0f} = {with_slave / without:.3f}")
+    if results["tcpdump"]:
+        peer = max(r["qps"] for r in results["tcpdump"])
+        print(f"best throughput with tcpdump / without: {peer:,.0f} / {without:,.0f} = {peer / without:.3f}")
+        print(f"best throughput with slave / with tcpdump: {with_slave:,.0f} / {peer:,.0f} = {with_slave / peer:.3f}")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "slave.json").write_text(json.dumps(results, indent=2))

@@ -19,6 +19,8 @@ def sysbench_argv(port: int, *, tables: int = 4, table_size: int = 10000, extra:
     ]
 
 
-def run_options(threads: int, seconds: int) -> list[str]:
-    """A text-protocol run (no server-side prepared statements)."""
-    return [f"--threads={threads}", f"--time={seconds}", "--db-ps-mode=disable", "run"]
+def run_options(threads: int, seconds: int, *, prepared: bool = False) -> list[str]:
+    """A text-protocol run (no server-side prepared statements), or with ``prepared`` one
+    where every statement is a server-side prepared statement's execute."""
+    mode = "auto" if prepared else "disable"
+    return [f"--threads={threads}", f"--time={seconds}", f"--db-ps-mode={mode}", "run"]
