@@ -118,6 +118,7 @@ def main() -> None:
         "--interval", type=int, default=10, help="the slave's report interval, s (default: the configuration's)"
     )
     parser.add_argument("--prepared", action="store_true", help="sysbench --db-ps-mode=auto")
+    parser.add_argument("--workers", type=int, default=2, help="the slave's capture workers (default 2, as configured)")
     parser.add_argument("--no-peer", action="store_true", help="skip the tcpdump rounds")
     args = parser.parse_args()
     server = MariaDB()
@@ -133,7 +134,7 @@ def main() -> None:
             results["without"].append(sysbench(server.port, args.threads, args.seconds, prepared=ps))
             if not args.no_peer:
                 results["tcpdump"].append(tcpdump_round(server.port, args.threads, args.seconds, ps))
-            slave = {"interval": args.interval, "probe": {"device": "lo", "port": server.port, "workers": 2}}
+            slave = {"interval": args.interval, "probe": {"device": "lo", "port": server.port, "workers": args.workers}}
             node = Node(workdir, slave, "slave")
             node.start()
             collector = Collector(f"ws://127.0.0.1:{node.port}/collector")
@@ -219,7 +220,7 @@ def main() -> None:
     for r in results["without"]:
         print(f"  without slave: {r['qps']:,.0f} q/s")
     kind = "prepared (--db-ps-mode=auto)" if ps else "text (--db-ps-mode=disable)"
-    print(f"{kind}; slave report interval {args.interval} s")
+    print(f"{kind}; slave report interval {args.interval} s, {args.workers} capture workers")
     print(f"best throughput with slave / without: {with_slave:,.0f} / {without:,.0f} = {with_slave / without:.3f}")
     if results["tcpdump"]:
         peer = max(r["qps"] for r in results["tcpdump"])
