@@ -9,6 +9,7 @@ no report) so that ``valgrind --tool=callgrind`` counts its instructions::
         python3 bench/stage_profile.py examples/sample.pcap.gz --callgrind  # instructions
 
 ``MYSQLPROBE_NO_EXTENSIONS=1`` runs the pure engine. Statements: the report's calls total.
+``--callgrind`` also prints the pass's CPU seconds (``bench/stage_table.py`` reads them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import cProfile
 import pstats
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +58,10 @@ def main() -> None:
     index, count = (int(part) for part in args.shard.split("/"))
     config = EngineConfig(ports=frozenset(args.port or [3306]), shard=(index, count))
     if args.callgrind:
+        started = time.process_time()
         result = run_shard(args.pcap, config)
-        print(f"engine={native.ENGINE} statements={sum(t.count for t in result.templates)}")
+        cpu = time.process_time() - started
+        print(f"engine={native.ENGINE} statements={sum(t.count for t in result.templates)} cpu_s={cpu:.4f}")
         return
     profile = cProfile.Profile()
     profile.enable()
