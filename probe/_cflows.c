@@ -27,7 +27,15 @@
  * member descriptors, found at construction and used only on objects whose type is exactly
  * probe.flows.Connection or probe.flows.HalfStream (anything else falls back).
  *
- * Memory safety: no pointer into a Python object is kept across calls; sequence numbers
+ * The C-valued entry keeps a small direct-mapped cache (KeyEntry, KEY_CACHE entries) from a
+ * captured address/port 4-tuple to the int/bytes objects Python would build for it and to
+ * the connection's own key tuple (Connection.key, the object table.table stores it under):
+ * a segment of a known connection then builds no objects to be found, and the table lookup
+ * matches by identity. The cache only saves work: the lookup is still made every time, so a
+ * stale entry (the connection closed, a new one on the same 4-tuple) finds what Python finds.
+ *
+ * Memory safety: no pointer into a Python object is kept across calls (the cache holds
+ * strong references); sequence numbers
  * are compared modulo 2**32 as flows.py's masks do; stream offsets are long long (a
  * stream would need 2**63 bytes to overflow one, and a value that does not fit falls back).
  */
@@ -46,7 +54,7 @@
 #define TO_CLIENT 1
 
 static PyObject *s_table, *s_ports, *s_server_ips, *s_segment, *s_waiting, *s_halves, *s_started, *s_fin,
-    *s_offset, *s_next_seq, *s_ooo, *s_conv, *s_feed, *s_on_events, *s_tcp_segments, *s_last_ns, *s_held;
+    *s_offset, *s_next_seq, *s_ooo, *s_conv, *s_feed, *s_on_events, *s_tcp_segments, *s_last_ns, *s_held, *s_key;
 
 
 /* A new reference to obj.name, NULL (error set) if missing. */
@@ -121,21 +129,26 @@ static void fast_clear(Fast *f) {
 
 /* 1: the in-order common case (f filled); 0: not it (nothing changed, no error set). The
  * segment's flags were checked by the caller (no SYN, FIN or RST; ACK set); src, dst,
- * sport and dport are what its tuple holds (borrowed), size its payload's length. */
+ * sport and dport are what its tuple holds (borrowed), size its payload's length. e, when
+ * not NULL, is the key-cache entry of these four objects: a key tuple it holds for the
+ * same direction equals the one built here, and is the table's own key object, which the
+ * dict lookup matches by identity instead of comparing tuples. */
 static int classify(InOrder *self, PyObject *src, PyObject *dst, PyObject *sport, PyObject *dport, long long seq,
-                    long long ack, Py_ssize_t size, Fast *f) {
+                    long long ack, Py_ssize_t size, Fast *f, KeyEntry *e) {
     int in;
     PyObject *key;
     if ((in = contains(self->ports, dport)) != 0 &&
         (self->server_ips == Py_None || (in = contains(self->server_ips, dst)) != 0)) {
         if (in < 0) return 0;
         f->direction = TO_SERVER;
-        key = PyTuple_Pack(4, src, sport, dst, dport);
+        key = e != NULL && e->key != NULL && e->key_direction == TO_SERVER ? Py_NewRef(e->key)
+                                                                         : PyTuple_Pack(4, src, sport, dst, dport);
     } else if (in >= 0 && (in = contains(self->ports, sport)) != 0 &&
                (self->server_ips == Py_None || (in = contains(self->server_ips, src)) != 0)) {
         if (in < 0) return 0;
         f->direction = TO_CLIENT;
-        key = PyTuple_Pack(4, dst, dport, src, sport);
+        key = e != NULL && e->key != NULL && e->key_direction == TO_CLIENT ? Py_NewRef(e->key)
+                                                                         : PyTuple_Pack(4, dst, dport, src, sport);
     } else {
         return 0; /* another port (counted there), or an error Python raises itself */
     }
@@ -144,8 +157,16 @@ static int classify(InOrder *self, PyObject *src, PyObject *dst, PyObject *sport
     Py_DECREF(key);
     if (conn == NULL) goto bad;
     if ((PyObject *)Py_TYPE(conn) != self->conn_type) return 0;
-    f->conn = Py_NewRef(conn);
     const ConnSlots *cs = &self->conn_slots;
+    if (e != NULL) {
+        /* conn was found under a key equal to ours: its own key object (the dict's). */
+        PyObject *own = SLOT(conn, cs->key);
+        if (own != NULL && own != e->key && PyTuple_CheckExact(own)) {
+            Py_XSETREF(e->key, Py_NewRef(own));
+            e->key_direction = f->direction;
+        }
+    }
+    f->conn = Py_NewRef(conn);
     const HalfSlots *hs = &self->half_slots;
 
     if (SLOT(conn, cs->waiting) != Py_None) goto no;
@@ -277,7 +298,7 @@ static PyObject *inorder_vectorcall(PyObject *callable, PyObject *const *args, s
     Fast f = {NULL, NULL, NULL, 0, 0, 0, 0, 0};
     Py_ssize_t size = PyBytes_GET_SIZE(payload);
     if (!classify(self, PyTuple_GET_ITEM(seg, 0), PyTuple_GET_ITEM(seg, 1), PyTuple_GET_ITEM(seg, 2),
-                  PyTuple_GET_ITEM(seg, 3), seq, ack, size, &f))
+                  PyTuple_GET_ITEM(seg, 3), seq, ack, size, &f, NULL))
         return fall_back(self, args);
     int rc = advance(self, &f, ts, (const unsigned char *)PyBytes_AS_STRING(payload), size, payload);
     fast_clear(&f);
@@ -291,15 +312,69 @@ static PyObject *address(int v6, uint32_t v4, const unsigned char *a) {
     return v6 ? PyBytes_FromStringAndSize((const char *)a, 16) : PyLong_FromUnsignedLong(v4);
 }
 
+static void key_entry_clear(KeyEntry *e) {
+    Py_CLEAR(e->src);
+    Py_CLEAR(e->dst);
+    Py_CLEAR(e->sp);
+    Py_CLEAR(e->dp);
+    Py_CLEAR(e->key);
+    e->used = 0;
+}
+
+static unsigned mix16(const unsigned char *a) {
+    uint32_t h = 0;
+    for (int i = 0; i < 16; i += 4) h = (h ^ ((uint32_t)a[i] | (uint32_t)a[i + 1] << 8 | (uint32_t)a[i + 2] << 16 |
+                                               (uint32_t)a[i + 3] << 24)) * 2654435761u;
+    return h;
+}
+
+/* The cache entry of a segment's 4-tuple, filled with its objects (made here on a miss):
+ * NULL with an error set when they could not be made. */
+static KeyEntry *key_entry(InOrder *self, const CSegment *s) {
+    if (self->keys == NULL && (self->keys = PyMem_Calloc(KEY_CACHE, sizeof(KeyEntry))) == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    uint32_t h = s->v6 ? mix16(s->src6) ^ mix16(s->dst6) * 31u : s->src4 * 2654435761u ^ s->dst4 * 40503u;
+    h = (h ^ ((uint32_t)s->sport << 16 | s->dport)) * 2246822519u;
+    KeyEntry *e = &self->keys[(h ^ h >> 15) & (KEY_CACHE - 1)];
+    if (e->used && e->v6 == s->v6 && e->sport == s->sport && e->dport == s->dport &&
+        (s->v6 ? memcmp(e->src6, s->src6, 16) == 0 && memcmp(e->dst6, s->dst6, 16) == 0
+               : e->src4 == s->src4 && e->dst4 == s->dst4))
+        return e;
+    key_entry_clear(e);
+    e->src = address(s->v6, s->src4, s->src6);
+    e->dst = address(s->v6, s->dst4, s->dst6);
+    e->sp = PyLong_FromUnsignedLong(s->sport);
+    e->dp = PyLong_FromUnsignedLong(s->dport);
+    if (e->src == NULL || e->dst == NULL || e->sp == NULL || e->dp == NULL) {
+        key_entry_clear(e);
+        return NULL;
+    }
+    e->v6 = s->v6;
+    e->src4 = s->src4;
+    e->dst4 = s->dst4;
+    if (s->v6) {
+        memcpy(e->src6, s->src6, 16);
+        memcpy(e->dst6, s->dst6, 16);
+    }
+    e->sport = s->sport;
+    e->dport = s->dport;
+    e->used = 1;
+    return e;
+}
+
 static int inorder_csegment(PyObject *callable, long long ts_ns, const CSegment *s) {
     InOrder *self = (InOrder *)callable;
     if (!flags_fit((long)s->flags)) return 0;
-    PyObject *src = address(s->v6, s->src4, s->src6), *dst = address(s->v6, s->dst4, s->dst6);
-    PyObject *sport = PyLong_FromUnsignedLong(s->sport), *dport = PyLong_FromUnsignedLong(s->dport);
     int rc = -1;
     Fast f = {NULL, NULL, NULL, 0, 0, 0, 0, 0};
-    if (src == NULL || dst == NULL || sport == NULL || dport == NULL) goto done;
-    rc = classify(self, src, dst, sport, dport, s->seq, s->ack, s->len, &f);
+    KeyEntry *e = key_entry(self, s);
+    if (e == NULL) return -1;
+    /* New references: the entry may be replaced while Python code runs below. */
+    PyObject *src = Py_NewRef(e->src), *dst = Py_NewRef(e->dst), *sport = Py_NewRef(e->sp),
+             *dport = Py_NewRef(e->dp);
+    rc = classify(self, src, dst, sport, dport, s->seq, s->ack, s->len, &f, e);
     if (rc == 0) goto done;
     PyObject *ts = PyLong_FromLongLong(ts_ns);
     if (ts == NULL) {
@@ -356,7 +431,7 @@ static int find_slots(InOrder *self) {
     PyObject *conn = self->conn_type, *half = self->half_type;
     if (slot_offset(conn, s_waiting, &c->waiting) < 0 || slot_offset(conn, s_halves, &c->halves) < 0 ||
         slot_offset(conn, s_conv, &c->conv) < 0 || slot_offset(conn, s_last_ns, &c->last_ns) < 0 ||
-        slot_offset(conn, s_held, &c->held) < 0 ||
+        slot_offset(conn, s_held, &c->held) < 0 || slot_offset(conn, s_key, &c->key) < 0 ||
         slot_offset(half, s_started, &h->started) < 0 || slot_offset(half, s_next_seq, &h->next_seq) < 0 ||
         slot_offset(half, s_offset, &h->offset) < 0 || slot_offset(half, s_fin, &h->fin) < 0 ||
         slot_offset(half, s_ooo, &h->ooo) < 0)
@@ -391,6 +466,8 @@ fail:
 }
 
 static int inorder_traverse(InOrder *self, visitproc visit, void *arg) {
+    if (self->keys != NULL)
+        for (int i = 0; i < KEY_CACHE; i++) Py_VISIT(self->keys[i].key);
     Py_VISIT(self->flows);
     Py_VISIT(self->conns);
     Py_VISIT(self->ports);
@@ -411,6 +488,11 @@ static int inorder_clear(InOrder *self) {
     Py_CLEAR(self->attrs);
     Py_CLEAR(self->conn_type);
     Py_CLEAR(self->half_type);
+    if (self->keys != NULL) {
+        for (int i = 0; i < KEY_CACHE; i++) key_entry_clear(&self->keys[i]);
+        PyMem_Free(self->keys);
+        self->keys = NULL;
+    }
     fx_release(&self->fx);
     return 0;
 }
@@ -491,6 +573,7 @@ static int module_exec(PyObject *module) {
     INTERN(s_tcp_segments, "tcp_segments");
     INTERN(s_last_ns, "last_ns");
     INTERN(s_held, "held");
+    INTERN(s_key, "key");
 #undef INTERN
     if (fx_module_init(module) < 0) return -1;
     if (PyType_Ready(&InOrderType) < 0) return -1;

@@ -4,13 +4,28 @@
 #define PROBE_CFLOWS_H
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
 
 /* Offsets of the __slots__ of probe.flows.Connection and HalfStream. */
 typedef struct {
-    Py_ssize_t waiting, halves, conv, last_ns, held;
+    Py_ssize_t waiting, halves, conv, last_ns, held, key;
 } ConnSlots;
+
+/* The connection-key cache of _cflows.c: for one address/port 4-tuple as captured (either
+ * direction of a connection has its own entry), the objects Python would build for it and
+ * the key tuple the connection table stores it under. Entries hold strong references. */
+typedef struct {
+    int used, v6;
+    uint32_t src4, dst4;
+    unsigned char src6[16], dst6[16];
+    unsigned sport, dport;
+    PyObject *src, *dst, *sp, *dp;
+    PyObject *key;     /* Connection.key when last found (NULL: none yet) */
+    int key_direction; /* the direction that key was found for */
+} KeyEntry;
+#define KEY_CACHE 512 /* entries, a power of two; a collision replaces the entry */
 typedef struct {
     Py_ssize_t started, next_seq, offset, fin, ooo;
 } HalfSlots;
@@ -73,6 +88,7 @@ typedef struct {
     PyObject *server_ips; /* flows.server_ips (None: any) */
     PyObject *fallback;   /* flows.segment (bound) */
     vectorcallfunc vectorcall;
+    KeyEntry *keys; /* KEY_CACHE entries, allocated at the first C-valued segment */
     FastState fx;
 } InOrder;
 

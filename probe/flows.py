@@ -103,9 +103,14 @@ class AckedUnseen:
 
 
 class Connection:
-    __slots__ = ("client", "closed", "conv", "halves", "held", "last_ns", "server", "waiting")
+    __slots__ = ("client", "closed", "conv", "halves", "held", "key", "last_ns", "server", "waiting")
 
-    def __init__(self, client: str, server: str, conv: Conversation, now_ns: int) -> None:
+    def __init__(
+        self, key: tuple[Address, int, Address, int], client: str, server: str, conv: Conversation, now_ns: int
+    ) -> None:
+        # The table's key, the very object it is stored under: the compiled path looks the
+        # connection up with it again, which a dict matches by identity before comparing.
+        self.key = key
         self.client = client
         self.server = server
         self.conv = conv
@@ -325,7 +330,7 @@ class FlowTable:
         server = endpoint(key[2], key[3])
         conv = Conversation(client, server, self.normalizer, from_start=from_start, limits=self.limits.conversation)
         conv.budget = self.prepared_budget
-        conn = Connection(client, server, conv, ts)
+        conn = Connection(key, client, server, conv, ts)
         if not from_start:
             self.apply_known(conv)
         self.table[key] = conn

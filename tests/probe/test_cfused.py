@@ -23,8 +23,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from probe import native
-from probe.decode import BATCH_META, LINKTYPE_ETHERNET, DecodeCounters, Segment
-from tests.probe.test_cexchange import SERVER_IP, Side, capture, compare, conv_state
+from probe.decode import BATCH_META, LINKTYPE_ETHERNET, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, DecodeCounters, Segment
+from probe.mysql.events import TO_CLIENT, TO_SERVER
+from tests.probe.test_cexchange import SERVER_IP, Peer, Side, capture, compare, conv_state
+from tests.support import mysqlwire as w
 from tests.support.fuzz import fuzz_settings
 from tests.support.native import need_compiled
 
@@ -173,3 +175,58 @@ def test_the_capsule_is_published_and_found() -> None:
     assert native.cflows is not None
     assert type(native.cflows._C_API).__name__ == "PyCapsule"
     assert "probe._cflows._C_API" in repr(native.cflows._C_API)
+
+
+def in_batches(steps: list[Step], size: int) -> list[tuple[list[Step], bytes, bytes]]:
+    """Steps as IPv4 capture batches of ``size`` frames."""
+    out: list[tuple[list[Step], bytes, bytes]] = []
+    for start in range(0, len(steps), size):
+        chunk = steps[start : start + size]
+        buffer, meta = bytearray(), bytearray()
+        for ts, seg, _ in chunk:
+            assert seg is not None
+            sec, ns = divmod(ts, 1_000_000_000)
+            data = frame(seg)
+            meta.extend(BATCH_META.pack(sec, ns // 1000, len(buffer), len(data)))
+            buffer.extend(data)
+        out.append((chunk, bytes(buffer), bytes(meta)))
+    return out
+
+
+def exchanges(peer: Peer, n: int, tag: int) -> list[Segment]:
+    out = []
+    for i in range(n):
+        out.append(peer.send(TO_SERVER, w.query(f"SELECT v FROM t WHERE id = {tag * 1000 + i}")))
+        out.append(peer.send(TO_CLIENT, w.result_set(["v"], [[str(tag).encode()]])))
+    return out
+
+
+def test_connections_on_a_reused_four_tuple_and_more_than_the_key_cache_holds() -> None:
+    """The compiled path caches, per captured 4-tuple, the objects it looks the connection
+    up with and the table's own key. A 4-tuple used again (after a FIN, after an RST, and
+    by a SYN while the old connection is still open) must find the new connection, and
+    2,000 connections (more than the cache's 512 entries: collisions replace entries) must
+    each find their own: the same state, events and intervals as the pure engine."""
+    segments: list[Segment] = []
+    reused = Peer(52000)
+    for ending in (TCP_FIN, TCP_RST, TCP_SYN):
+        segments += reused.opening() + exchanges(reused, 3, 1)
+        if ending == TCP_FIN:
+            segments.append(reused.send(TO_SERVER, flags=TCP_FIN | TCP_ACK))
+            segments.append(reused.send(TO_CLIENT, flags=TCP_FIN | TCP_ACK))
+        elif ending == TCP_RST:
+            segments.append(reused.send(TO_CLIENT, flags=TCP_RST | TCP_ACK))
+        reused.seq = [reused.seq[0] + 77_777, reused.seq[1] + 33_333]  # a new connection's numbers
+    segments += reused.opening() + exchanges(reused, 2, 2)
+    peers = [Peer(20000 + i) for i in range(2000)]
+    for peer in peers:
+        segments += peer.opening()
+    for round_ in range(2):  # every connection again, after all the others filled the cache
+        for i, peer in enumerate(peers):
+            segments += exchanges(peer, 1, i + round_)
+    ts = 1_700_000_000_000_000_000
+    steps: list[Step] = [(ts + i * 1000, seg, False) for i, seg in enumerate(segments)]
+    steps[-1] = (steps[-1][0], steps[-1][1], True)
+    fused, _, pure = run(False, in_batches(steps, 200))
+    assert fused.side.entry.fast_exchanges > 3000
+    assert pure.side.flows.counters.connections_opened == 2004
