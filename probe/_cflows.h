@@ -25,7 +25,7 @@ typedef struct {
     PyObject *key;     /* Connection.key when last found (NULL: none yet) */
     int key_direction; /* the direction that key was found for */
 } KeyEntry;
-#define KEY_CACHE 512 /* entries, a power of two; a collision replaces the entry */
+#define KEY_CACHE 1024 /* entries, a power of two; a collision replaces the entry */
 typedef struct {
     Py_ssize_t started, next_seq, offset, fin, ooo;
 } HalfSlots;

@@ -205,7 +205,7 @@ def test_connections_on_a_reused_four_tuple_and_more_than_the_key_cache_holds() 
     """The compiled path caches, per captured 4-tuple, the objects it looks the connection
     up with and the table's own key. A 4-tuple used again (after a FIN, after an RST, and
     by a SYN while the old connection is still open) must find the new connection, and
-    2,000 connections (more than the cache's 512 entries: collisions replace entries) must
+    2,000 connections (more than the cache's 1,024 entries: collisions replace entries) must
     each find their own: the same state, events and intervals as the pure engine."""
     segments: list[Segment] = []
     reused = Peer(52000)
