@@ -43,7 +43,7 @@ setup(
         Extension("probe._cresponses", ["probe/_cresponses.c"]),
         Extension(
             "probe._cflows",
-            ["probe/_cflows.c", "probe/_cexchange.c", "probe/_cwire.c"],
+            ["probe/_cflows.c", "probe/_cexchange.c", "probe/_cwire.c", "probe/_caccs.c", "probe/_cexecute.c"],
             depends=["probe/_cflows.h", "probe/_cflows_api.h"],
         ),
     ],

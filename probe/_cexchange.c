@@ -39,12 +39,13 @@
 #define TO_CLIENT 1
 #define COMMANDS_PHASE 4
 #define COM_QUERY 3
+#define COM_STMT_EXECUTE 0x17
 #define MAX_PACKET 0xFFFFFF
 
 static PyObject *s_phase, *s_c_desync, *s_c_inflate, *s_c_buf, *s_c_part, *s_c_skip, *s_pending, *s_caps, *s_c_off,
     *s_limits, *s_max_query_bytes, *s_s_desync, *s_s_inflate, *s_s_buf, *s_s_skip, *s_s_cont, *s_s_off,
     *s_deprecate_eof, *s_server, *s_db, *s_user, *s_c_packet_end, *s_s_last_ns, *s_server_ack, *s_cache_resets,
-    *s_by_skeleton, *s_templates, *s_slow_threshold_us, *s_normalizer, *s_feed2, *s_max_templates, *s_cache_size,
+    *s_by_skeleton, *s_slow_threshold_us, *s_normalizer, *s_feed2, *s_max_templates, *s_cache_size,
     *s_conv2;
 
 /* -- small helpers ----------------------------------------------------------------------- */
@@ -136,88 +137,12 @@ static SkelEntry *skel_slot(FastState *fx, unsigned long long hash, const char *
     }
 }
 
-/* -- accumulators ------------------------------------------------------------------------ */
-
-static void acc_free(Acc *a) {
-    Py_CLEAR(a->server);
-    Py_CLEAR(a->db);
-    Py_CLEAR(a->user);
-    Py_CLEAR(a->key);
-    PyMem_Free(a->bins);
-    memset(a, 0, sizeof(*a));
-}
-
-static int str_eq(PyObject *a, PyObject *b) { return a == b || PyUnicode_Compare(a, b) == 0; }
-
-/* The accumulator of (server, db, user, key), made when the aggregator already has that
- * template this interval; NULL (no error) when it is not there or the table is full. */
-static Acc *acc_for(FastState *fx, PyObject *server, PyObject *db, PyObject *user, PyObject *key) {
-    Py_hash_t h1 = PyObject_Hash(server), h2 = PyObject_Hash(db), h3 = PyObject_Hash(user), h4 = PyObject_Hash(key);
-    if (h1 == -1 || h2 == -1 || h3 == -1 || h4 == -1) {
-        PyErr_Clear();
-        return NULL;
-    }
-    Py_uhash_t hash = (Py_uhash_t)h1 * 1000003u ^ (Py_uhash_t)h2 * 31u ^ (Py_uhash_t)h3 * 7u ^ (Py_uhash_t)h4;
-    Py_ssize_t mask = fx->acc_cap - 1, i = (Py_ssize_t)(hash & (Py_uhash_t)mask);
-    for (;; i = (i + 1) & mask) {
-        Acc *a = &fx->accs[i];
-        if (a->key == NULL) break;
-        if (a->hash == (Py_hash_t)hash && str_eq(a->key, key) && str_eq(a->db, db) && str_eq(a->user, user) &&
-            str_eq(a->server, server))
-            return a;
-    }
-    if (fx->acc_used >= fx->acc_max) {
-        fx->fast_accs_full++;
-        return NULL;
-    }
-    PyObject *agg = PyObject_GenericGetDict(fx->aggregator, NULL);
-    if (agg == NULL) goto no;
-    PyObject *templates = PyDict_GetItemWithError(agg, s_templates);
-    Py_DECREF(agg); /* templates stays referenced by the aggregator */
-    if (templates == NULL || !PyDict_CheckExact(templates)) goto no;
-    PyObject *ident = PyTuple_Pack(4, server, db, user, key);
-    if (ident == NULL) goto no;
-    PyObject *stats = PyDict_GetItemWithError(templates, ident);
-    Py_DECREF(ident);
-    if (stats == NULL) goto no;
-    Acc *a = &fx->accs[i];
-    a->server = Py_NewRef(server);
-    a->db = Py_NewRef(db);
-    a->user = Py_NewRef(user);
-    a->key = Py_NewRef(key);
-    a->hash = (Py_hash_t)hash;
-    fx->acc_used++;
-    return a;
-no:
-    PyErr_Clear();
-    return NULL;
-}
-
-static int acc_bucket(Acc *a, int key) {
-    if (a->nbins == 0) {
-        if ((a->bins = PyMem_Calloc(1, sizeof(long long))) == NULL) return -1;
-        a->lo = key;
-        a->nbins = 1;
-    } else if (key < a->lo || key >= a->lo + a->nbins) {
-        int lo = key < a->lo ? key : a->lo, hi = key >= a->lo + a->nbins ? key + 1 : a->lo + a->nbins;
-        long long *bins = PyMem_Calloc((size_t)(hi - lo), sizeof(long long));
-        if (bins == NULL) return -1;
-        memcpy(bins + (a->lo - lo), a->bins, (size_t)a->nbins * sizeof(long long));
-        PyMem_Free(a->bins);
-        a->bins = bins;
-        a->lo = lo;
-        a->nbins = hi - lo;
-    }
-    a->bins[key - a->lo]++;
-    return 0;
-}
-
-/* -- Held: a COM_QUERY segment not fed yet ------------------------------------------------- */
+/* -- Held: a request segment not fed yet --------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
     PyObject *owner; /* the InOrder */
-    int active, has_ack;
+    int active, has_ack, command; /* command: FX_QUERY, FX_EXECUTE */
     PyObject *ts, *payload, *template;
     long long ts_ns, ack, c_off, c_end, resets;
 } Held;
@@ -249,9 +174,9 @@ static int replay(Held *h, PyObject *conv) {
     ack = h->has_ack ? PyLong_FromLongLong(h->ack) : Py_NewRef(Py_None);
     direction = PyLong_FromLong(TO_SERVER);
     if (ack == NULL || direction == NULL) goto done;
-    if (resets != h->resets) {
+    if (h->command == FX_QUERY && resets != h->resets) {
         /* The normalizer's caches were cleared since: it must not see this statement as a
-         * miss it never had. */
+         * miss it never had (an execute does not use the normalizer). */
         PyObject *pinned = PyObject_CallOneArg(fx->pinned_type, template);
         if (pinned == NULL || (saved = PyObject_GetAttr(conv, s_normalizer)) == NULL ||
             PyObject_SetAttr(conv, s_normalizer, pinned) < 0) {
@@ -333,7 +258,8 @@ static PyTypeObject HeldType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "probe._cflows.Held",
     .tp_basicsize = sizeof(Held),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "A connection's COM_QUERY segment that InOrder has not fed to its conversation yet.",
+    .tp_doc = "A connection's COM_QUERY or COM_STMT_EXECUTE segment that InOrder has not fed to its conversation "
+              "yet.",
     .tp_traverse = (traverseproc)held_traverse,
     .tp_clear = (inquiry)held_clear,
     .tp_dealloc = (destructor)held_dealloc,
@@ -355,50 +281,69 @@ static PyObject *conv_dict(PyObject *conv, PyObject *ts, long long *ts_ns) {
     return cd;
 }
 
-/* A client segment: 1 held, 0 not (fx->learn set when its template is worth learning). */
-static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, const unsigned char *d,
-                const Py_ssize_t n, PyObject *payload, int has_ack, long long ack, Held *h) {
-    FastState *fx = &self->fx;
-    if ((PyObject *)Py_TYPE(conv) != fx->conv_type) return 0;
-    if (n <= 5 || n >= MAX_PACKET || d[3] != 0 || d[4] != COM_QUERY || le24(d) + 4 != n) return 0;
-    long long ts_ns, phase, skip, caps, c_off, max_query;
-    PyObject *cd = conv_dict(conv, ts, &ts_ns);
-    if (cd == NULL) return 0;
-    int ok = dict_ll(cd, s_phase, &phase) == 0 && phase == COMMANDS_PHASE && dict_is(cd, s_c_desync, Py_False) &&
-             dict_is(cd, s_c_inflate, Py_None) && dict_empty_bytearray(cd, s_c_buf) &&
-             dict_is(cd, s_c_part, Py_None) && dict_ll(cd, s_c_skip, &skip) == 0 && skip == 0 &&
-             dict_ll(cd, s_caps, &caps) == 0 && !(caps & fx->query_attributes) && dict_ll(cd, s_c_off, &c_off) == 0 &&
-             c_off < (1LL << 62);
-    if (ok) {
-        PyObject *pending = PyDict_GetItemWithError(cd, s_pending);
-        ok = pending != NULL && (PyObject *)Py_TYPE(pending) == fx->deque_type && Py_SIZE(pending) == 0;
-        PyObject *limits = ok ? PyDict_GetItemWithError(cd, s_limits) : NULL;
-        PyObject *limit = limits != NULL ? PyObject_GetAttr(limits, s_max_query_bytes) : NULL;
-        ok = limit != NULL && PyLong_CheckExact(limit) && (max_query = PyLong_AsLongLong(limit)) >= n - 4;
-        Py_XDECREF(limit);
-        PyErr_Clear();
-    }
-    Py_DECREF(cd);
-    if (!ok) return 0;
+/* The template of a COM_QUERY packet d[0:n] from the skeleton cache (a new reference), or
+ * NULL (no error) on a miss: fx->learn is then set when its template is worth learning. */
+static PyObject *query_template(FastState *fx, const unsigned char *d, const Py_ssize_t n) {
     if (fx->scratch_cap < n) {
         char *grown = PyMem_Realloc(fx->scratch, n);
-        if (grown == NULL) return 0;
+        if (grown == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
         fx->scratch = grown;
         fx->scratch_cap = n;
     }
     Py_ssize_t len = skeleton(d + 5, n - 5, fx->scratch);
-    if (len < 0) return 0;
+    if (len < 0) return NULL;
     skel_check(fx);
     unsigned long long hash = fnv(fx->scratch, len);
     SkelEntry *e = skel_slot(fx, hash, fx->scratch, len);
     if (e->text == NULL) {
         fx->scratch_len = len;
         fx->learn = 1;
-        return 0;
+        return NULL;
     }
+    return Py_NewRef(e->template);
+}
+
+/* A client segment: 1 held, 0 not (fx->learn set when its template is worth learning). It
+ * holds one COM_QUERY or one COM_STMT_EXECUTE (its template from _cexecute.c). */
+static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, const unsigned char *d,
+                const Py_ssize_t n, PyObject *payload, int has_ack, long long ack, Held *h) {
+    FastState *fx = &self->fx;
+    if ((PyObject *)Py_TYPE(conv) != fx->conv_type) return 0;
+    if (n <= 5 || n >= MAX_PACKET || d[3] != 0 || le24(d) + 4 != n) return 0;
+    const int command = d[4] == COM_QUERY ? FX_QUERY : d[4] == COM_STMT_EXECUTE ? FX_EXECUTE : -1;
+    if (command < 0) return 0;
+    long long ts_ns, phase, skip, caps, c_off, max_query;
+    PyObject *cd = conv_dict(conv, ts, &ts_ns), *template = NULL;
+    if (cd == NULL) return 0;
+    int ok = dict_ll(cd, s_phase, &phase) == 0 && phase == COMMANDS_PHASE && dict_is(cd, s_c_desync, Py_False) &&
+             dict_is(cd, s_c_inflate, Py_None) && dict_empty_bytearray(cd, s_c_buf) &&
+             dict_is(cd, s_c_part, Py_None) && dict_ll(cd, s_c_skip, &skip) == 0 && skip == 0 &&
+             dict_ll(cd, s_c_off, &c_off) == 0 && c_off < (1LL << 62);
+    if (ok) {
+        PyObject *pending = PyDict_GetItemWithError(cd, s_pending);
+        ok = pending != NULL && (PyObject *)Py_TYPE(pending) == fx->deque_type && Py_SIZE(pending) == 0;
+    }
+    if (ok && command == FX_QUERY) {
+        /* Requests._command describes it inline only with capabilities known and no query
+         * attributes, and keeps max_query_bytes of its text. */
+        ok = dict_ll(cd, s_caps, &caps) == 0 && !(caps & fx->query_attributes);
+        PyObject *limits = ok ? PyDict_GetItemWithError(cd, s_limits) : NULL;
+        PyObject *limit = limits != NULL ? PyObject_GetAttr(limits, s_max_query_bytes) : NULL;
+        ok = limit != NULL && PyLong_CheckExact(limit) && (max_query = PyLong_AsLongLong(limit)) >= n - 4;
+        Py_XDECREF(limit);
+        PyErr_Clear();
+    }
+    if (ok && command == FX_EXECUTE) ok = execute_template(fx, cd, d, n, &template);
+    Py_DECREF(cd);
+    if (!ok) return 0;
+    if (command == FX_QUERY && (template = query_template(fx, d, n)) == NULL) return 0;
     /* The held segment owns its bytes: d may point into a capture buffer that is reused. */
     payload = payload != NULL ? Py_NewRef(payload) : PyBytes_FromStringAndSize((const char *)d, n);
     if (payload == NULL) {
+        Py_DECREF(template);
         PyErr_Clear();
         return 0;
     }
@@ -406,6 +351,7 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, con
         h = PyObject_GC_New(Held, &HeldType);
         if (h == NULL) {
             Py_DECREF(payload);
+            Py_DECREF(template);
             PyErr_Clear();
             return 0;
         }
@@ -419,7 +365,8 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, con
     }
     h->ts = Py_NewRef(ts);
     h->payload = payload;
-    h->template = Py_NewRef(e->template);
+    h->template = template;
+    h->command = command;
     h->ts_ns = ts_ns;
     h->has_ack = has_ack;
     h->ack = ack;
@@ -464,7 +411,7 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
     int known = dict_ll(agg, s_slow_threshold_us, &threshold) == 0;
     Py_DECREF(agg);
     if (!known || latency >= threshold || latency >= fx->key_table_len) goto out;
-    Acc *a = acc_for(fx, server, db, user, PyTuple_GET_ITEM(h->template, 0));
+    Acc *a = acc_for(fx, server, db, user, PyTuple_GET_ITEM(h->template, 0), h->command);
     if (a == NULL) goto out;
     /* What the two feeds would have left in the conversation. */
     rc = -1;
@@ -478,24 +425,7 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
          PyDict_SetItem(cd, s_deprecate_eof, r.deprecate ? Py_True : Py_False) < 0))
         goto out;
     /* What Aggregator.add would have added. */
-    if (a->count == 0 || latency < a->latency_min) a->latency_min = latency;
-    if (a->count == 0 || latency > a->latency_max) a->latency_max = latency;
-    if (a->count == 0 || h->ts_ns < a->first_ns) a->first_ns = h->ts_ns;
-    if (a->count == 0 || ts_ns > a->last_ns) a->last_ns = ts_ns;
-    a->count++;
-    a->latency_sum += latency;
-    a->ttfb_sum += latency; /* the response's first byte came in this very segment */
-    if (latency <= 0)
-        a->zero++;
-    else if (acc_bucket(a, fx->key_table[latency]) < 0)
-        goto out;
-    a->rows += r.rows;
-    a->affected += r.affected;
-    a->bytes_in += h->c_end - h->c_off;
-    a->bytes_out += n;
-    if (r.status & fx->no_index_flag) a->no_index++;
-    if (r.status & fx->no_good_index_flag) a->no_good_index++;
-    a->warnings += r.warnings;
+    if (acc_add(fx, a, h->ts_ns, ts_ns, latency, h->c_end - h->c_off, n, &r) < 0) goto out;
     fx->fast_exchanges++;
     held_drop(h);
     rc = 1;
@@ -563,7 +493,7 @@ error:
     PyErr_Clear();
 }
 
-/* -- attach, fold ------------------------------------------------------------------------ */
+/* -- attach, release ---------------------------------------------------------------------- */
 
 static int import_attr(const char *module, const char *name, PyObject **out) {
     PyObject *mod = PyImport_ImportModule(module);
@@ -593,7 +523,7 @@ PyObject *fx_attach(InOrder *self, PyObject *aggregator) {
     fx->aggregator = Py_NewRef(aggregator);
     if (import_attr("probe.mysql.conversation", "Conversation", &fx->conv_type) < 0 ||
         import_attr("collections", "deque", &fx->deque_type) < 0 ||
-        import_attr("probe.flows", "PinnedTemplate", &fx->pinned_type) < 0 ||
+        import_attr("probe.flows", "PinnedTemplate", &fx->pinned_type) < 0 || execute_attach(fx) < 0 ||
         attr_ll(aggregator, s_max_templates, &max_templates) < 0 ||
         attr_ll(fx->normalizer, s_cache_size, &cache_size) < 0)
         goto fail;
@@ -642,46 +572,6 @@ fail:
     return NULL;
 }
 
-PyObject *fx_fold(InOrder *self) {
-    FastState *fx = &self->fx;
-    PyObject *rows = PyList_New(0);
-    if (rows == NULL || !fx->enabled) return rows;
-    for (Py_ssize_t i = 0; i < fx->acc_cap; i++) {
-        Acc *a = &fx->accs[i];
-        if (a->key == NULL) continue;
-        if (a->count) {
-            PyObject *bins = PyDict_New();
-            if (bins == NULL) goto fail;
-            for (int k = 0; k < a->nbins; k++) {
-                if (!a->bins[k]) continue;
-                PyObject *key = PyLong_FromLong(a->lo + k), *count = PyLong_FromLongLong(a->bins[k]);
-                int rc = key == NULL || count == NULL ? -1 : PyDict_SetItem(bins, key, count);
-                Py_XDECREF(key);
-                Py_XDECREF(count);
-                if (rc < 0) {
-                    Py_DECREF(bins);
-                    goto fail;
-                }
-            }
-            PyObject *row = Py_BuildValue(
-                "(OOOOLLLLLLLLLLLLLLLN)", a->server, a->db, a->user, a->key, a->count, a->latency_sum, a->latency_min,
-                a->latency_max, a->ttfb_sum, a->first_ns, a->last_ns, a->rows, a->affected, a->bytes_in, a->bytes_out,
-                a->no_index, a->no_good_index, a->warnings, a->zero, bins);
-            if (row == NULL || PyList_Append(rows, row) < 0) {
-                Py_XDECREF(row);
-                goto fail;
-            }
-            Py_DECREF(row);
-        }
-        acc_free(a);
-    }
-    fx->acc_used = 0;
-    return rows;
-fail:
-    Py_DECREF(rows);
-    return NULL;
-}
-
 void fx_release(FastState *fx) {
     if (fx->skel != NULL) {
         skel_clear(fx);
@@ -703,6 +593,7 @@ void fx_release(FastState *fx) {
     Py_CLEAR(fx->conv_type);
     Py_CLEAR(fx->deque_type);
     Py_CLEAR(fx->pinned_type);
+    Py_CLEAR(fx->stmt_type);
     fx->enabled = 0;
 }
 
@@ -712,6 +603,7 @@ int fx_traverse(FastState *fx, visitproc visit, void *arg) {
     Py_VISIT(fx->conv_type);
     Py_VISIT(fx->deque_type);
     Py_VISIT(fx->pinned_type);
+    Py_VISIT(fx->stmt_type);
     for (Py_ssize_t i = 0; fx->skel != NULL && i < fx->skel_cap; i++) Py_VISIT(fx->skel[i].template);
     return 0;
 }
@@ -745,7 +637,6 @@ int fx_module_init(PyObject *module) {
     INTERN(s_server_ack, "_server_ack");
     INTERN(s_cache_resets, "cache_resets");
     INTERN(s_by_skeleton, "_by_skeleton");
-    INTERN(s_templates, "templates");
     INTERN(s_slow_threshold_us, "slow_threshold_us");
     INTERN(s_normalizer, "normalizer");
     INTERN(s_feed2, "feed");
@@ -753,6 +644,7 @@ int fx_module_init(PyObject *module) {
     INTERN(s_cache_size, "cache_size");
     INTERN(s_conv2, "conv");
 #undef INTERN
+    if (accs_module_init() < 0 || execute_module_init() < 0) return -1;
     if (PyType_Ready(&HeldType) < 0) return -1;
     Py_INCREF(&HeldType);
     if (PyModule_AddObject(module, "Held", (PyObject *)&HeldType) < 0) {

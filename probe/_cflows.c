@@ -395,7 +395,7 @@ done:
 static PyObject *inorder_fallback(PyObject *callable) { return ((InOrder *)callable)->fallback; }
 
 /* The offset of the __slots__ member `name` of class `cls` (a writable object slot). */
-static int slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *out) {
+int slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *out) {
     PyObject *descr = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, name); /* borrowed */
     if (descr == NULL) {
         if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "InOrder: %R has no slot %R", cls, name);

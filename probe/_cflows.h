@@ -1,5 +1,7 @@
-/* Shared by probe/_cflows.c (InOrder: the in-order TCP path) and probe/_cexchange.c (its
- * COM_QUERY fast path): one extension module built from both files. */
+/* Shared by the files of probe._cflows, one extension module: _cflows.c (InOrder: the
+ * in-order TCP path), _cexchange.c (its fast path: an exchange held and completed in C),
+ * _cwire.c (the bytes it reads), _caccs.c (the counters it adds to), _cexecute.c (which
+ * COM_STMT_EXECUTE it takes). */
 #ifndef PROBE_CFLOWS_H
 #define PROBE_CFLOWS_H
 #define PY_SSIZE_T_CLEAN
@@ -30,11 +32,17 @@ typedef struct {
     Py_ssize_t started, next_seq, offset, fin, ooo;
 } HalfSlots;
 
-/* One statement template's counters for one (server, db, user, key): what Aggregator.add
- * would have added, folded into its TemplateStats by Aggregator.fold. */
+/* The commands the fast path completes (Acc.command, Held.command). */
+#define FX_QUERY 0
+#define FX_EXECUTE 1
+#define FX_COMMANDS 2
+
+/* One statement template's counters for one (server, db, user, key) and command: what
+ * Aggregator.add would have added, folded into its TemplateStats by Aggregator.fold. */
 typedef struct {
     PyObject *server, *db, *user, *key; /* strong references; NULL: a free entry */
     Py_hash_t hash;
+    int command; /* FX_QUERY, FX_EXECUTE */
     long long count, latency_sum, latency_min, latency_max, ttfb_sum, first_ns, last_ns, rows, affected, bytes_in,
         bytes_out, no_index, no_good_index, warnings, zero;
     int lo, nbins; /* sketch buckets lo .. lo + nbins - 1 */
@@ -56,6 +64,8 @@ typedef struct {
     PyObject *conv_type;        /* probe.mysql.conversation.Conversation */
     PyObject *deque_type;       /* collections.deque */
     PyObject *pinned_type;      /* probe.flows.PinnedTemplate */
+    PyObject *stmt_type;        /* probe.mysql.state.PreparedStatement */
+    Py_ssize_t stmt_slots[6];   /* its slots template, params, types, long_data, failed, complete */
     long long query_attributes; /* CLIENT_QUERY_ATTRIBUTES */
     long long no_index_flag, no_good_index_flag;
     int *key_table; /* message.sketch._KEY_TABLE */
@@ -106,6 +116,27 @@ static inline unsigned le16(const unsigned char *p) { return (unsigned)p[0] | (u
 Py_ssize_t skeleton(const unsigned char *s, Py_ssize_t n, char *out);
 /* 1 when data is one whole response the fast path completes (r filled), else 0. */
 int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r);
+
+/* _cflows.c: the offset of the __slots__ member `name` of class `cls`; 0 or -1. */
+int slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *out);
+
+/* _caccs.c */
+int accs_module_init(void);
+void acc_free(Acc *a);
+/* The accumulator of (server, db, user, key, command), made when the aggregator already has
+ * that template this interval; NULL (no error) when it is not there or the table is full. */
+Acc *acc_for(FastState *fx, PyObject *server, PyObject *db, PyObject *user, PyObject *key, int command);
+/* What Aggregator.add adds for one successful statement (r: its response); 0 or -1. */
+int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long long latency, long long bytes_in,
+            long long bytes_out, const Resp *r);
+
+/* _cexecute.c */
+int execute_module_init(void);
+/* Finds PreparedStatement and its slots (fx->stmt_type, fx->stmt_slots); 0 or -1. */
+int execute_attach(FastState *fx);
+/* The packet d[0:n] holds one COM_STMT_EXECUTE: 1 with *template (a new reference) when the
+ * fast path may hold it (cd: the conversation's __dict__), 0 when it is Python's. */
+int execute_template(FastState *fx, PyObject *cd, const unsigned char *d, Py_ssize_t n, PyObject **template);
 
 /* _cexchange.c */
 int fx_module_init(PyObject *module);

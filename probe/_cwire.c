@@ -192,9 +192,13 @@ int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r)
         r->warnings = le16(ok + pos + 2);
         return 1;
     }
-    if (!(first < 0xFB && (length == 1 || (length == 2 && d[5] == 1)))) return 0;
+    /* The column count, alone or with MariaDB's metadata flag: 1, definitions follow; 0, the
+     * client cached them (MARIADB_CLIENT_CACHE_METADATA: the executes of a prepared
+     * statement), as Responses._column_count reads it. */
+    if (!(first < 0xFB && (length == 1 || (length == 2 && d[5] <= 1)))) return 0;
+    const unsigned definitions = length == 2 && d[5] == 0 ? 0 : first;
     Py_ssize_t pos = end;
-    for (unsigned col = 0; col < first; col++) { /* column definitions */
+    for (unsigned col = 0; col < definitions; col++) { /* column definitions */
         if (n - pos < 4) return 0;
         length = le24(d + pos);
         end = pos + 4 + length;

@@ -163,14 +163,15 @@ class Aggregator:
 
     def fold(self, rows: list[tuple[Any, ...]]) -> None:
         """Statements the compiled path counted (``probe._cflows.InOrder.fold``), each row
-        the sums of ``add`` over successful, complete, fast "Query" commands of one
-        (server, db, user, key) that already has its entry this interval: merged into that
-        entry as any other partial statistics are (``TemplateStats.merge``)."""
+        the sums of ``add`` over successful, complete, fast commands of one name ("Query",
+        "Execute") and (server, db, user, key) that already has its entry this interval:
+        merged into that entry as any other partial statistics are (``TemplateStats.merge``)."""
         for (
             server,
             db,
             user,
             key,
+            command,
             count,
             latency_sum,
             latency_min,
@@ -191,7 +192,7 @@ class Aggregator:
             stats = self.templates[(server, db, user, key)]
             part = TemplateStats(server, db, key, stats.template, user)
             part.count = count
-            part.commands["Query"] = count
+            part.commands[command] = count
             part.latency_sum, part.latency_min, part.latency_max = latency_sum, latency_min, latency_max
             part.ttfb_sum = ttfb_sum
             part.first_seen_ns, part.last_seen_ns = first_ns, last_ns
