@@ -1,5 +1,6 @@
-"""COM_QUERY exchanges completed in C (probe/_cexchange.c, probe/_cwire.c) against their
-oracle, the Python conversation and aggregator.
+"""COM_QUERY and COM_STMT_EXECUTE exchanges completed in C (probe/_cexchange.c,
+probe/_cexecute.c, probe/_cwire.c) against their oracle, the Python conversation and
+aggregator.
 
 The skeleton the C path looks templates up by must be ``_FAST_LITERAL.sub("?", sql)`` byte
 for byte, and exactly for the text the normalizer would put through its skeleton cache
@@ -7,15 +8,23 @@ for byte, and exactly for the text the normalizer would put through its skeleton
 one pure and one compiled with the fast path attached to its own aggregator, are fed the
 same generated connections (logins with and without CLIENT_DEPRECATE_EOF, queries answered
 by OK packets, result sets, empty ones, errors, warnings, index flags, multi-results,
-session changes, USE, comments, slow ones) cut into random segments, interleaved, with
-bare ACKs, FIN/RST, expiry sweeps and interval drains. After every step the two must have
-the same other events, the same normalizer caches and, on every connection with nothing
-held, the same conversation state; every drained interval must be the same.
+session changes, USE, comments, slow ones; prepared statements: PREPARE answered with and
+without EOFs or refused, ids reused after CLOSE, executes with and without new types,
+rebinds, NULLs, values that do not decode, unknown ids, id -1 behind its PREPARE, cursors,
+binary result sets with and without definitions (MariaDB's cached metadata), OKs, errors,
+multi-results, RESET, long data, bulk executes, COM_RESET_CONNECTION) cut into random
+segments, interleaved, with bare ACKs, FIN/RST, expiry sweeps and interval drains. After
+every step the two must have the same other events, the same normalizer caches and, on
+every connection with nothing held, the same conversation state (prepared statements and
+the types they bound included); every drained interval must be the same.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +36,7 @@ from probe.aggregate import Aggregator, Interval
 from probe.capture import FileCapture
 from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
 from probe.engine import Engine, EngineConfig
-from probe.flows import FlowTable
+from probe.flows import FlowLimits, FlowTable
 from probe.mysql import constants as c
 from probe.mysql.conversation import Conversation
 from probe.mysql.events import TO_CLIENT, TO_SERVER, CommandCompleted, Event
@@ -89,16 +98,24 @@ def test_skeleton_declines_non_ascii() -> None:
 class Side:
     """A flow table, its normalizer and an aggregator fed as probe.engine feeds one."""
 
-    def __init__(self, *, pure: bool, server_ips: frozenset[bytes] = frozenset({SERVER_IP.to_bytes(4, "big")})) -> None:
+    def __init__(
+        self,
+        *,
+        pure: bool,
+        server_ips: frozenset[bytes] = frozenset({SERVER_IP.to_bytes(4, "big")}),
+        limits: FlowLimits | None = None,
+    ) -> None:
         self.pure = pure
         self.aggregator = Aggregator(slow_threshold_us=SLOW_US, max_templates=5, max_slow=3)
         self.normalizer = Normalizer(cache_size=9)
         self.other: list[Event] = []
+        self.intervals: list[Interval] = []  # drained
         self.flows = FlowTable(
             frozenset({PORT}),
             self._events,
             self.normalizer,
             server_ips=server_ips,
+            limits=limits,
             pure=pure,
         )
         self.entry: Any = self.flows.segment_entry
@@ -116,7 +133,9 @@ class Side:
     def drain(self) -> Any:
         if not self.pure:
             self.aggregator.fold(self.entry.fold())
-        return interval_state(self.aggregator.drain())
+        interval = self.aggregator.drain()
+        self.intervals.append(interval)
+        return interval_state(interval)
 
 
 def interval_state(interval: Interval) -> Any:
@@ -136,7 +155,7 @@ def conv_state(conv: Conversation) -> dict[str, Any]:
 def plain(value: Any) -> Any:
     """Requests and prepared statements as their fields (they have no equality)."""
     if isinstance(value, Request):
-        return vars(value)
+        return {k: plain(v) for k, v in vars(value).items()}
     if isinstance(value, PreparedStatement):
         return [plain(getattr(value, name)) for name in PreparedStatement.__slots__]
     if isinstance(value, deque | list):
@@ -214,6 +233,168 @@ QUERIES = [
 ]
 GAPS_US = [1, 40, 150, 290, 1, 40, 400, 5000]
 
+# -- prepared statements ------------------------------------------------------------------------
+
+#: (SQL, parameters, result columns) of the statements connections prepare.
+PREPARED = [
+    ("SELECT c, pad FROM sbtest1 WHERE id = ?", 1, 2),
+    ("SELECT id FROM t WHERE k BETWEEN ? AND ?", 2, 1),
+    ("UPDATE t SET c = ? WHERE id = ?", 2, 0),
+    ("INSERT INTO t (id, k, c, d) VALUES (?, ?, ?, ?)", 4, 0),
+    ("COMMIT", 0, 0),
+    ("SELECT v FROM u WHERE x = ? OR y = ?", 2, 1),
+]
+#: Parameter types (with the unsigned flag in the second byte) and an encoding of a value.
+PARAM_TYPES: list[tuple[int, bytes]] = [
+    (c.TYPE_LONG, struct.pack("<i", -7)),
+    (c.TYPE_LONGLONG | c.UNSIGNED_FLAG << 8, struct.pack("<Q", 2**63 + 5)),
+    (c.TYPE_VAR_STRING, w.lenenc_str(b"abc")),
+    (c.TYPE_DOUBLE, struct.pack("<d", 2.5)),
+    (c.TYPE_DATETIME, bytes([7]) + struct.pack("<HBBBBB", 2024, 2, 29, 23, 59, 1)),
+    (c.TYPE_NULL, b""),
+]
+LAST_PREPARED = 0xFFFFFFFF
+
+
+@dataclass
+class Prepared:
+    """What a generated connection has prepared under an id (to generate its executes)."""
+
+    params: int
+    columns: int
+    types: list[int] | None = None
+
+
+def binary_row(values: list[bytes | None]) -> bytes:
+    """A binary-protocol row: 0x00, the NULL bitmap (offset 2), the values that are not NULL."""
+    bitmap = bytearray((len(values) + 9) // 8)
+    for i, value in enumerate(values):
+        if value is None:
+            bitmap[(i + 2) >> 3] |= 1 << ((i + 2) & 7)
+    return b"\x00" + bytes(bitmap) + b"".join(v for v in values if v is not None)
+
+
+def binary_result(
+    columns: int,
+    rows: list[list[bytes | None]],
+    *,
+    deprecate: bool,
+    metadata: int | None = None,
+    status: int = STATUS,
+    cursor: bool = False,
+) -> bytes:
+    """The binary result set of an execute: column count (with MariaDB's metadata flag when
+    ``metadata`` is 0 or 1: 0, the client cached the definitions), definitions, EOF unless
+    DEPRECATE_EOF, rows, and the final EOF or EOF-headed OK; a cursor's ends at the EOF."""
+    payloads = [w.lenenc_int(columns) + (b"" if metadata is None else bytes([metadata]))]
+    if metadata != 0:
+        payloads += [w.column_def(f"c{i}") for i in range(columns)]
+    if cursor:
+        return w.framed([*payloads, w.eof(status | c.SERVER_STATUS_CURSOR_EXISTS)], 1)
+    if not deprecate:
+        payloads.append(w.eof(status))
+    payloads += [binary_row(row) for row in rows]
+    payloads.append(w.ok(status=status, header=0xFE) if deprecate else w.eof(status))
+    return w.framed(payloads, 1)
+
+
+def execute_response(draw: st.DrawFn, stmt: Prepared | None, n: int, deprecate: bool, *, cursor: bool) -> bytes:
+    """A plausible reply to an execute of stmt (None: an unknown id, refused)."""
+    if stmt is None or draw(st.integers(0, 12)) == 0:
+        return w.framed([w.err(1243 if stmt is None else 1062)], 1)
+    if not stmt.columns:
+        kind = draw(st.sampled_from(["ok", "ok", "wide", "warn", "more", "schema"]))
+        if kind == "more":  # a CALL: an OK with more results, then the last one
+            more = w.framed([w.ok(affected=1, status=STATUS | c.SERVER_MORE_RESULTS_EXISTS)], 1)
+            return more + w.framed([w.ok(affected=n % 3)], 2)
+        if kind == "schema":
+            return w.framed([w.ok(schema=f"db{n % 2}")], 1)
+        affected, insert_id = ((n % 3, 0), (300 + n, 2**20 + n), (1, 0))[("ok", "wide", "warn").index(kind)]
+        return w.framed([w.ok(affected=affected, insert_id=insert_id, warnings=n % 3 if kind == "warn" else 0)], 1)
+    values = [struct.pack("<i", n), w.lenenc_str(b"y" * (n % 30)), None]
+    rows = [[values[(i + j + n) % 3] for j in range(stmt.columns)] for i in range(draw(st.integers(0, 4)))]
+    metadata = draw(st.sampled_from([None, 0, 0, 1]))
+    status = draw(st.sampled_from([STATUS, STATUS, STATUS | c.SERVER_QUERY_NO_INDEX_USED]))
+    if draw(st.integers(0, 15)) == 0:
+        status |= c.SERVER_MORE_RESULTS_EXISTS
+        first = binary_result(stmt.columns, rows, deprecate=deprecate, metadata=metadata, status=status)
+        return first + w.framed([w.ok()], 1)
+    return binary_result(stmt.columns, rows, deprecate=deprecate, metadata=metadata, status=status, cursor=cursor)
+
+
+def execute_request(draw: st.DrawFn, stmt_id: int, stmt: Prepared | None, *, cursor: bool) -> bytes:
+    """COM_STMT_EXECUTE of stmt_id: mostly the types stmt has bound, or none (not rebound),
+    sometimes other types, the wrong number of values, or NULLs."""
+    count = stmt.params if stmt is not None else draw(st.integers(0, 2))
+    types = stmt.types if stmt is not None and stmt.types is not None and draw(st.integers(0, 4)) else None
+    if types is None or len(types) != count:
+        types = [draw(st.sampled_from(PARAM_TYPES))[0] for _ in range(count)]
+    encoding = dict(PARAM_TYPES)
+    params = [(kind, None if draw(st.integers(0, 5)) == 0 else encoding[kind]) for kind in types]
+    if count and draw(st.integers(0, 20)) == 0:
+        params = params[:-1]  # one value short: the parameters do not decode
+    bind = stmt is None or stmt.types is None or types != stmt.types or draw(st.integers(0, 3)) == 0
+    if not draw(st.integers(0, 15)):
+        bind = not bind
+    if stmt is not None and bind and len(params) == count:
+        stmt.types = types  # what Python keeps when the values decode (else the test's guess is off: harmless)
+    return w.execute(stmt_id, params, bind=bind, flags=1 if cursor else 0)
+
+
+def statement_steps(draw: st.DrawFn, script: w.Script, deprecate: bool, ids: dict[int, Prepared]) -> None:
+    """Prepared-statement traffic: PREPARE (ids from a small pool, so an id comes back after
+    a CLOSE), runs of executes, CLOSE, RESET, long data, id -1 behind its PREPARE in one
+    write, cursors, bulk executes, COM_RESET_CONNECTION."""
+    n = draw(st.integers(0, 300))
+    step = draw(st.sampled_from(["prepare", "execute", "execute", "execute", "execute", "other"]))
+    if step == "prepare" or not ids:
+        sql, params, columns = draw(st.sampled_from(PREPARED))
+        stmt_id = draw(st.integers(1, 3))
+        script.client(w.prepare(sql))
+        if draw(st.integers(0, 10)) == 0:
+            script.server(w.framed([w.err(1146)], 1))
+            return
+        script.server(w.prepare_ok(stmt_id, columns, params, deprecate_eof=deprecate))
+        ids[stmt_id] = Prepared(params, columns)
+        return
+    stmt_id = draw(st.sampled_from(sorted(ids)))
+    stmt = ids[stmt_id]
+    if step == "execute":
+        for _ in range(draw(st.integers(1, 5))):
+            cursor = stmt.columns > 0 and draw(st.integers(0, 15)) == 0
+            known = draw(st.integers(0, 20)) > 0
+            target, whose = (stmt_id, stmt) if known else (77, None)
+            script.client(execute_request(draw, target, whose, cursor=cursor))
+            script.server(execute_response(draw, whose, n, deprecate, cursor=cursor))
+            n += 1
+        return
+    other = draw(st.sampled_from(["close", "reset", "long_data", "last", "bulk", "reset_connection"]))
+    if other == "close":
+        script.client(w.command(c.Command.STMT_CLOSE, struct.pack("<I", stmt_id)))
+        del ids[stmt_id]
+    elif other == "reset":
+        script.client(w.command(c.Command.STMT_RESET, struct.pack("<I", stmt_id)))
+        script.server(w.framed([w.ok()], 1))
+    elif other == "long_data":
+        param = draw(st.integers(0, max(stmt.params - 1, 0)))
+        script.client(w.command(c.Command.STMT_SEND_LONG_DATA, struct.pack("<IH", stmt_id, param) + b"blob"))
+    elif other == "last":  # MariaDB: PREPARE and EXECUTE(-1) in one write
+        sql, params, columns = draw(st.sampled_from(PREPARED))
+        fresh = Prepared(params, columns)
+        script.client(w.prepare(sql) + execute_request(draw, LAST_PREPARED, fresh, cursor=False))
+        script.server(w.prepare_ok(stmt_id, columns, params, deprecate_eof=deprecate))
+        script.server(execute_response(draw, fresh, n, deprecate, cursor=False))
+        ids[stmt_id] = fresh
+    elif other == "bulk":
+        kinds = [draw(st.sampled_from(PARAM_TYPES)) for _ in range(stmt.params)]
+        rows = [[None if draw(st.integers(0, 4)) == 0 else value for _, value in kinds] for _ in range(2)]
+        script.client(w.bulk_execute(stmt_id, [kind for kind, _ in kinds], rows))
+        script.server(w.framed([w.ok(affected=2)], 1))
+    else:
+        script.client(w.command(c.Command.RESET_CONNECTION))
+        script.server(w.framed([w.ok()], 1))
+        ids.clear()
+
 
 @st.composite
 def connection(draw: st.DrawFn, client_port: int, user: str) -> list[tuple[int, Segment]]:
@@ -234,7 +415,11 @@ def connection(draw: st.DrawFn, client_port: int, user: str) -> list[tuple[int, 
         send(TO_CLIENT, TCP_SYN | TCP_ACK)
         send(TO_SERVER, TCP_ACK)
         script.login(user=user, deprecate_eof=deprecate)
+    ids: dict[int, Prepared] = {}
     for _ in range(draw(st.integers(1, 16))):
+        if draw(st.integers(0, 2)) == 0:
+            statement_steps(draw, script, deprecate, ids)
+            continue
         sql, kind = draw(st.sampled_from(QUERIES[:5] * 4 + QUERIES))
         n = draw(st.integers(0, 300))
         script.client(w.query(sql.format(n=n, m=n + 1, b=n % 2)))
@@ -276,9 +461,9 @@ def capture(draw: st.DrawFn) -> list[tuple[int, Segment | None, bool]]:
     return steps
 
 
-def run(steps: list[tuple[int, Segment | None, bool]]) -> tuple[Side, Side]:
+def run(steps: Sequence[tuple[int, Segment | None, bool]], limits: FlowLimits | None = None) -> tuple[Side, Side]:
     need_compiled()
-    pure, compiled = Side(pure=True), Side(pure=False)
+    pure, compiled = Side(pure=True, limits=limits), Side(pure=False, limits=limits)
     for i, (ts, seg, drain) in enumerate(steps):
         for side in (pure, compiled):
             if seg is None:
