@@ -1,21 +1,24 @@
-/* probe._cflows, part two: an ordinary COM_QUERY exchange completed in C (see _cflows.c).
+/* probe._cflows, part two: an ordinary COM_QUERY or COM_STMT_EXECUTE exchange completed in
+ * C (see _cflows.c).
  *
  * Enabled by InOrder.attach(aggregator) (probe.engine does it). A client segment that
  * InOrder would feed to a quiescent conversation (phase COMMANDS, nothing pending, nothing
- * buffered, not desynchronised, not compressed, capabilities known without
- * CLIENT_QUERY_ATTRIBUTES: the "common case" branch of Conversation.feed) and that holds
- * exactly one COM_QUERY whose text Normalizer.normalize would put through its skeleton
+ * buffered, not desynchronised, not compressed: the "common case" branch of
+ * Conversation.feed) and that holds exactly one COM_QUERY (capabilities known without
+ * CLIENT_QUERY_ATTRIBUTES) whose text Normalizer.normalize would put through its skeleton
  * cache (pure ASCII, no ';', no comment marks, plain backticks, no unterminated string)
  * is looked up here by its literal skeleton: the same text as
- * probe.normalize._FAST_LITERAL.sub("?", sql), computed by skeleton() below. On a hit the
- * segment is not fed: it is held (a Held object per connection, in Connection.held). When
- * the connection's next segment is the server's and holds the whole response (an OK, or
- * a text result set ended by EOF or, under CLIENT_DEPRECATE_EOF, by the EOF-headed OK),
+ * probe.normalize._FAST_LITERAL.sub("?", sql), computed by skeleton() in _cwire.c, or one
+ * COM_STMT_EXECUTE of a statement conv.prepared holds, taken as _cexecute.c says. On a
+ * hit the segment is not fed: it is held (a Held object per connection, in
+ * Connection.held). When the connection's next segment is the server's and holds the
+ * whole response (an OK, or a text or binary result set ended by EOF or, under
+ * CLIENT_DEPRECATE_EOF, by the EOF-headed OK),
  * without error, more results or session state, faster than the slow threshold, and its
  * (server, db, user, key) already has a TemplateStats in the aggregator, the conversation
  * fields the two feeds would have changed are set (stream offsets, _c_packet_end,
- * _s_last_ns, _server_ack, deprecate_eof) and the statement is added to C counters that
- * fold() hands to Aggregator.fold. Anything else first replays the held segment into
+ * _s_last_ns, _server_ack, deprecate_eof) and the statement is added to the C counters of
+ * _caccs.c (by command: "Query", "Execute") that fold() hands to Aggregator.fold. Anything else first replays the held segment into
  * conv.feed, with its own time and acknowledgement: so does FlowTable (Held.settle) before
  * it touches a conversation itself (other segments, gaps, teardown, expiry, close_all).
  *
@@ -24,8 +27,10 @@
  * normalizer.cache_resets moves, so a hit is a statement Python's cache would also have
  * hit (no side effect skipped). A replay after such a reset feeds the conversation with
  * a PinnedTemplate normalizer, so that Python's cache sees the same lookups as without the
- * fast path. tests/probe/test_cexchange.py compares both engines on generated
- * conversations (events, aggregator, conversation and normalizer state).
+ * fast path. An execute's template is its statement's, read from Python's own dict when
+ * the request comes (see _cexecute.c for why nothing else changes). tests/probe/
+ * test_cexchange.py compares both engines on generated conversations (events, aggregator,
+ * conversation and normalizer state), tests/probe/test_cexecute.py each execute rule.
  *
  * Memory safety: payloads are read only within their size; counters are long long sums
  * of values below 2**32 per statement.

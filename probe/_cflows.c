@@ -511,9 +511,9 @@ static PyObject *assumed_constants(PyObject *module, PyObject *unused) {
 static PyMemberDef inorder_members[] = {
     {"flows", T_OBJECT, offsetof(InOrder, flows), READONLY, "the FlowTable"},
     {"fast_exchanges", T_LONGLONG, offsetof(InOrder, fx.fast_exchanges), READONLY,
-     "COM_QUERY exchanges completed in C (probe/_cexchange.c)"},
+     "COM_QUERY and COM_STMT_EXECUTE exchanges completed in C (probe/_cexchange.c)"},
     {"fast_replayed", T_LONGLONG, offsetof(InOrder, fx.fast_replayed), READONLY,
-     "held COM_QUERY segments fed to Python after all"},
+     "held COM_QUERY and COM_STMT_EXECUTE segments fed to Python after all"},
     {"fast_cache_resets", T_LONGLONG, offsetof(InOrder, fx.fast_cache_resets), READONLY,
      "times the skeleton cache was full and cleared"},
     {"fast_accs_full", T_LONGLONG, offsetof(InOrder, fx.fast_accs_full), READONLY,
@@ -526,7 +526,8 @@ static PyObject *inorder_fold(InOrder *self, PyObject *unused) { return fx_fold(
 
 static PyMethodDef inorder_methods[] = {
     {"attach", (PyCFunction)inorder_attach, METH_O,
-     "attach(aggregator): complete ordinary COM_QUERY exchanges in C, counted for this aggregator."},
+     "attach(aggregator): complete ordinary COM_QUERY and COM_STMT_EXECUTE exchanges in C, counted for this "
+     "aggregator."},
     {"fold", (PyCFunction)inorder_fold, METH_NOARGS,
      "The statements counted in C since the last fold, as rows for Aggregator.fold (then forgotten)."},
     {NULL},

@@ -1,4 +1,4 @@
-/* probe._cflows, part three: the byte readers of the COM_QUERY fast path (_cexchange.c).
+/* probe._cflows, part three: the byte readers of the fast path (_cexchange.c).
  *
  * skeleton(): the literal skeleton of a statement, byte for byte what
  * probe.normalize._FAST_LITERAL.sub("?", sql) gives (tests/probe/test_cexchange.py proves

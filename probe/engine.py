@@ -42,8 +42,9 @@ from probe.shard import Sharder
 _META = struct.Struct("IIII")
 #: Recent segment signatures kept for duplicate suppression.
 _DEDUP_ENTRIES = 8192
-#: Counters of the compiled COM_QUERY path: exchanges completed in C, held requests fed to
-#: Python after all, and its two bounds biting (skeleton cache cleared, accumulators full).
+#: Counters of the compiled COM_QUERY / COM_STMT_EXECUTE path: exchanges completed in C,
+#: held requests fed to Python after all, and its two bounds biting (skeleton cache
+#: cleared, accumulators full).
 FAST_COUNTERS = ("fast_exchanges", "fast_replayed", "fast_cache_resets", "fast_accs_full")
 #: How often (packet time) the flow table is swept for expired connections.
 _SWEEP_EVERY_NS = 5_000_000_000
@@ -102,9 +103,9 @@ class Engine:
             limits=config.flows,
         )
         entry = self.flows.segment_entry
-        #: The compiled path's COM_QUERY exchanges (``probe/_cexchange.c``) are counted in C
-        #: and folded into the aggregator before anything reads it (``_fold``): they raise no
-        #: CommandCompleted event (a wrapper of ``flows.on_events`` does not see them).
+        #: The compiled path's COM_QUERY and COM_STMT_EXECUTE exchanges (``probe/_cexchange.c``)
+        #: are counted in C and folded into the aggregator before anything reads it (``_fold``):
+        #: they raise no CommandCompleted event (a wrapper of ``flows.on_events`` does not see them).
         self._compiled = entry if native.cflows is not None and isinstance(entry, native.cflows.InOrder) else None
         if self._compiled is not None:
             self._compiled.attach(self.aggregator)
@@ -295,7 +296,7 @@ class Engine:
         counters["normalizer_cache_resets"] = self.normalizer.cache_resets
         counters["limit_hits"] = self.flows.limit_hits()
         compiled = self._compiled
-        for name in FAST_COUNTERS:  # the compiled COM_QUERY path (probe/_cexchange.c), and its bounds
+        for name in FAST_COUNTERS:  # the compiled path (probe/_cexchange.c), and its bounds
             counters[name] = getattr(compiled, name) if compiled is not None else 0
         return counters
 
