@@ -46,6 +46,26 @@ def _canonical(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def _document_prefix(kind: str) -> bytes:
+    return b'{"kind":' + _canonical(kind) + b',"payload":'
+
+
+#: What follows the payload: the schema, then the 64 hex digits of the checksum.
+_SUFFIX_HEAD = b',"schema":' + _canonical(STATE_SCHEMA) + b',"sha256":"'
+_SUFFIX_LEN = len(_SUFFIX_HEAD) + 64 + len(b'"}')
+
+
+def _written_body(raw: bytes, kind: str) -> bytes | None:
+    """The payload's bytes exactly as ``write_state`` laid them out, or None when the file
+    is not in that layout."""
+    prefix = _document_prefix(kind)
+    if not raw.startswith(prefix) or len(raw) < len(prefix) + _SUFFIX_LEN:
+        return None
+    if not raw.endswith(b'"}') or raw[-_SUFFIX_LEN : -_SUFFIX_LEN + len(_SUFFIX_HEAD)] != _SUFFIX_HEAD:
+        return None
+    return raw[len(prefix) : -_SUFFIX_LEN]
+
+
 def write_state(path: str | os.PathLike[str], kind: str, payload: Any) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,9 +76,7 @@ def write_state(path: str | os.PathLike[str], kind: str, payload: Any) -> None:
     # The canonical document, keys in sorted order: kind, payload, schema, sha256.
     document = b"".join(
         (
-            b'{"kind":',
-            _canonical(kind),
-            b',"payload":',
+            _document_prefix(kind),
             body,
             b',"schema":',
             _canonical(STATE_SCHEMA),
@@ -102,7 +120,14 @@ def read_state(path: str | os.PathLike[str], kind: str) -> Any:
     if document.get("schema") != STATE_SCHEMA:
         raise StateError(f"{target}: schema {document.get('schema')!r}, this version reads {STATE_SCHEMA}")
     payload = document.get("payload")
-    if hashlib.sha256(_canonical(payload)).hexdigest() != document.get("sha256"):
+    # The checksum is over the bytes written. Serializing the parsed payload again gives
+    # other bytes when the written one had int keys (a session's prepared statements by
+    # id): JSON made them strings, which sort otherwise ("1000" before "115"). So the
+    # written bytes are checked where the file has write_state's layout.
+    body = _written_body(raw, kind)
+    if body is None:
+        body = _canonical(payload)
+    if hashlib.sha256(body).hexdigest() != document.get("sha256"):
         raise StateError(f"{target}: checksum mismatch (damaged); {FRESH_STATE_HINT}")
     return payload
 
