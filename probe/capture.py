@@ -14,6 +14,9 @@ says what was wrong.
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import socket
 import struct
 import subprocess
 import sys
@@ -169,6 +172,56 @@ def port_filter(ports: frozenset[int] | set[int] | list[int], *, vlan: bool = Tr
     return f"({expr}) or (vlan and ({expr}))" if vlan else expr
 
 
+_log = logging.getLogger("mysqlprobe.capture")
+
+# Classic BPF, as <linux/filter.h> defines it.
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_RET_K = 0x06
+_SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE
+_PACKET_OUTGOING = 4
+_SO_ATTACH_FILTER = 26
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+def without_outgoing(program: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """``program`` preceded by a test that refuses packets the kernel marks outgoing.
+
+    On ``lo`` the kernel hands a packet socket every packet twice, once as sent (outgoing)
+    and once as received, and libpcap drops the outgoing copy in user space: after the
+    kernel copied it into the ring. Refused by the socket's filter, it is never copied.
+    (libpcap's own ``inbound`` keyword cannot be used: its user-space check of the filter
+    reads no packet type and refuses the received copies too; tcpdump -i lo 'inbound'
+    captures nothing.)"""
+    skip = len(program)  # to the final refusal
+    if skip > 255:
+        raise ValueError("filter too long to prefix")
+    return [
+        (_BPF_LD_W_ABS, 0, 0, _SKF_AD_PKTTYPE),
+        (_BPF_JEQ_K, skip, 0, _PACKET_OUTGOING),
+        *program,
+        (_BPF_RET_K, 0, 0, 0),
+    ]
+
+
+def attach_filter(fd: int, program: list[tuple[int, int, int, int]]) -> None:
+    """Install a classic BPF program as the socket's kernel filter (SO_ATTACH_FILTER)."""
+    instructions = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
+    fprog = _SockFprog(len(program), ctypes.cast(instructions, ctypes.POINTER(_SockFilter)))
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(fprog))
+    finally:
+        sock.detach()  # the descriptor stays libpcap's
+
+
 class LiveCapture:
     """A live pcap handle on one device, non-blocking, optionally in a fanout group.
 
@@ -201,7 +254,7 @@ class LiveCapture:
             handle.set_buffer_size(buffer_bytes)
             handle.activate()
             if bpf is None and ports:
-                bpf = port_filter(ports, vlan=handle.datalink() == 1)
+                bpf = port_filter(ports, vlan=handle.datalink() == 1 and device != "lo")
             if bpf:
                 handle.setfilter(bpf)
             handle.setnonblock(1)
@@ -211,10 +264,24 @@ class LiveCapture:
             raise CaptureError(f"cannot capture on {device}: {exc}") from None
         self._handle = handle
         self.linktype: int = handle.datalink()
+        #: Whether the kernel refuses lo's outgoing copies (each packet once, not twice).
+        self.outgoing_refused = False
+        if device == "lo" and bpf:
+            self._refuse_outgoing(bpf, snaplen)
         # Between activation and setfilter the socket takes every packet on the device, and
         # the kernel counts those it could not queue (on a busy ``lo``: thousands, none of
         # them ours). Counters start when the filter is in place.
         self._baseline = self._raw_stats()
+
+    def _refuse_outgoing(self, bpf: str, snaplen: int) -> None:
+        """Replace libpcap's kernel filter by the same program refusing outgoing copies."""
+        try:
+            program = pcapy.compile(self.linktype, snaplen, bpf, 1, 0).get_bpf()
+            attach_filter(self.fileno(), without_outgoing(program))
+        except (pcapy.PcapError, OSError, ValueError) as exc:
+            _log.info("lo: outgoing copies are dropped by libpcap, not the kernel (%s)", exc)
+            return
+        self.outgoing_refused = True
 
     def fileno(self) -> int:
         return int(self._handle.getfd())

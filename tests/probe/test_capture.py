@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -90,3 +91,47 @@ def test_traffic_on_the_watched_port_is_received() -> None:
             assert capture.stats()[0] > 0
         finally:
             capture.close()
+
+
+def test_lo_hands_each_packet_over_once() -> None:
+    """On lo the kernel offers a packet socket each packet twice (as sent and as received);
+    libpcap keeps the received copy. The socket's filter refuses the other copy, so the
+    kernel copies each packet into the ring once: what it counts equals what is delivered,
+    both directions of the connection included."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = int(listener.getsockname()[1])
+    capture = LiveCapture("lo", {port}, buffer_bytes=8 << 20, immediate=True)
+    try:
+        assert capture.outgoing_refused
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        for _ in range(100):
+            client.sendall(b"q" * 60)
+            assert server.recv(100)
+            server.sendall(b"r" * 70)
+            assert client.recv(100)
+        client.close()
+        server.close()
+        time.sleep(0.2)
+        delivered = {"q": 0, "r": 0}
+        packets = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            buffer, meta = capture.read_batch(256)
+            for index in range(len(meta) // 16):
+                packets += 1
+                start, caplen = struct.unpack_from("II", meta, index * 16 + 8)
+                frame = buffer[start : start + caplen]
+                ip = (frame[14] & 0x0F) * 4
+                payload = frame[14 + ip + (frame[14 + ip + 12] >> 4) * 4 :]
+                if payload[:1] in (b"q", b"r"):
+                    delivered[payload[:1].decode()] += 1
+            if not meta:
+                time.sleep(0.05)
+        assert delivered == {"q": 100, "r": 100}
+        assert capture.stats()[0] == packets  # not twice as many
+    finally:
+        capture.close()
+        listener.close()
