@@ -4,7 +4,9 @@
  * user, template key, command) the fast path completed a statement of this interval:
  * acc_for() finds or makes one (only when the aggregator already has a TemplateStats for
  * that (server, db, user, key): fold() merges into it), acc_add() adds one statement as
- * Aggregator.add would, fx_fold() hands the rows to Aggregator.fold and empties the table.
+ * Aggregator.add would (an ERR's under its code, in at most ACC_ERROR_CODES codes per entry:
+ * acc_error_slot() refuses another, and that statement is Python's), fx_fold() hands the
+ * rows to Aggregator.fold and empties the table.
  * The commands a row is filed under are Conversation's names: "Query" (COM_QUERY) and
  * "Execute" (COM_STMT_EXECUTE).
  *
@@ -91,6 +93,17 @@ static int acc_bucket(Acc *a, int key) {
     return 0;
 }
 
+int acc_error_slot(Acc *a, unsigned code) {
+    for (int i = 0; i < ACC_ERROR_CODES; i++) {
+        if (a->errors[i].code == code) return 0;
+        if (a->errors[i].code == 0) {
+            a->errors[i].code = code;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long long latency, long long bytes_in,
             long long bytes_out, const Resp *r) {
     if (latency > 0 && acc_bucket(a, fx->key_table[latency]) < 0) return -1;
@@ -109,7 +122,30 @@ int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long lo
     if (r->status & fx->no_index_flag) a->no_index++;
     if (r->status & fx->no_good_index_flag) a->no_good_index++;
     a->warnings += r->warnings;
+    if (r->err_code) {
+        for (int i = 0; i < ACC_ERROR_CODES; i++) {
+            if (a->errors[i].code == r->err_code) {
+                a->errors[i].count++;
+                return 0;
+            }
+        }
+        return -1; /* not reserved: acc_error_slot was not called */
+    }
     return 0;
+}
+
+/* {str(code): count} of the codes a counted (a new reference), or NULL. */
+static PyObject *acc_errors(const Acc *a) {
+    PyObject *errors = PyDict_New();
+    for (int i = 0; errors != NULL && i < ACC_ERROR_CODES; i++) {
+        if (a->errors[i].count == 0) continue;
+        PyObject *code = PyUnicode_FromFormat("%u", a->errors[i].code), *count = PyLong_FromLongLong(a->errors[i].count);
+        int rc = code == NULL || count == NULL ? -1 : PyDict_SetItem(errors, code, count);
+        Py_XDECREF(code);
+        Py_XDECREF(count);
+        if (rc < 0) Py_CLEAR(errors);
+    }
+    return errors;
 }
 
 PyObject *fx_fold(InOrder *self) {
@@ -133,11 +169,16 @@ PyObject *fx_fold(InOrder *self) {
                     goto fail;
                 }
             }
-            PyObject *row = Py_BuildValue("(OOOOOLLLLLLLLLLLLLLLN)", a->server, a->db, a->user, a->key,
+            PyObject *errors = acc_errors(a);
+            if (errors == NULL) {
+                Py_DECREF(bins);
+                goto fail;
+            }
+            PyObject *row = Py_BuildValue("(OOOOOLLLLLLLLLLLLLLLNN)", a->server, a->db, a->user, a->key,
                                           s_commands[a->command], a->count, a->latency_sum, a->latency_min,
                                           a->latency_max, a->ttfb_sum, a->first_ns, a->last_ns, a->rows, a->affected,
                                           a->bytes_in, a->bytes_out, a->no_index, a->no_good_index, a->warnings,
-                                          a->zero, bins);
+                                          a->zero, bins, errors);
             if (row == NULL || PyList_Append(rows, row) < 0) {
                 Py_XDECREF(row);
                 goto fail;

@@ -12,15 +12,24 @@
  * COM_STMT_EXECUTE of a statement conv.prepared holds, taken as _cexecute.c says. On a
  * hit the segment is not fed: it is held (a Held object per connection, in
  * Connection.held). When the connection's next segment is the server's and holds the
- * whole response (an OK, or a text or binary result set ended by EOF or, under
- * CLIENT_DEPRECATE_EOF, by the EOF-headed OK),
- * without error, more results or session state, faster than the slow threshold, and its
+ * whole response (an OK, a text or binary result set ended by EOF or, under
+ * CLIENT_DEPRECATE_EOF, by the EOF-headed OK, or a single ERR packet: see below),
+ * without more results or session state, faster than the slow threshold, and its
  * (server, db, user, key) already has a TemplateStats in the aggregator, the conversation
  * fields the two feeds would have changed are set (stream offsets, _c_packet_end,
  * _s_last_ns, _server_ack, deprecate_eof) and the statement is added to the C counters of
  * _caccs.c (by command: "Query", "Execute") that fold() hands to Aggregator.fold. Anything else first replays the held segment into
  * conv.feed, with its own time and acknowledgement: so does FlowTable (Held.settle) before
  * it touches a conversation itself (other segments, gaps, teardown, expiry, close_all).
+ *
+ * An ERR. Python ends the statement with it (Responses._response_packet, state R_FIRST)
+ * and changes nothing else in the conversation for a COM_QUERY or an execute (only a
+ * refused PREPARE marks its statement failed, and PREPAREs are not held): so the fields
+ * set are those of any response, and the statement is counted with its code
+ * (Aggregator.add's errors[str(code)] and the interval's `errors`), at most ACC_ERROR_CODES
+ * codes per accumulator. Python's: a slow ERR (its sample carries the message), codes 0
+ * and 0xFFFF (no error counted; MariaDB's progress report), an ERR that is not the whole
+ * segment, one after rows or a first result (multi-results), a further code.
  *
  * Exactness. The template held is the one the normalizer's skeleton cache holds (learnt
  * from it after Python normalized the same skeleton); the C cache is dropped whenever
@@ -418,6 +427,10 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
     if (!known || latency >= threshold || latency >= fx->key_table_len) goto out;
     Acc *a = acc_for(fx, server, db, user, PyTuple_GET_ITEM(h->template, 0), h->command);
     if (a == NULL) goto out;
+    if (r.err_code && acc_error_slot(a, r.err_code) < 0) {
+        fx->fast_error_codes_full++;
+        goto out;
+    }
     /* What the two feeds would have left in the conversation. */
     rc = -1;
     PyObject *c_end = PyLong_FromLongLong(h->c_end);
@@ -650,7 +663,8 @@ int fx_module_init(PyObject *module) {
     INTERN(s_conv2, "conv");
 #undef INTERN
     if (accs_module_init() < 0 || execute_module_init() < 0) return -1;
-    if (PyType_Ready(&HeldType) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "ACC_ERROR_CODES", ACC_ERROR_CODES) < 0 || PyType_Ready(&HeldType) < 0)
+        return -1;
     Py_INCREF(&HeldType);
     if (PyModule_AddObject(module, "Held", (PyObject *)&HeldType) < 0) {
         Py_DECREF(&HeldType);

@@ -518,6 +518,8 @@ static PyMemberDef inorder_members[] = {
      "times the skeleton cache was full and cleared"},
     {"fast_accs_full", T_LONGLONG, offsetof(InOrder, fx.fast_accs_full), READONLY,
      "exchanges left to Python because the accumulator table was full"},
+    {"fast_error_codes_full", T_LONGLONG, offsetof(InOrder, fx.fast_error_codes_full), READONLY,
+     "ERR exchanges left to Python because their accumulator counted ACC_ERROR_CODES other codes"},
     {NULL},
 };
 

@@ -37,6 +37,14 @@ typedef struct {
 #define FX_EXECUTE 1
 #define FX_COMMANDS 2
 
+/* Distinct error codes one accumulator counts (ERR responses); a statement with another
+ * code is Python's (FastState.fast_error_codes_full). */
+#define ACC_ERROR_CODES 4
+typedef struct {
+    unsigned code; /* 1 .. 65534 (0: a free slot) */
+    long long count;
+} AccError;
+
 /* One statement template's counters for one (server, db, user, key) and command: what
  * Aggregator.add would have added, folded into its TemplateStats by Aggregator.fold. */
 typedef struct {
@@ -47,6 +55,7 @@ typedef struct {
         bytes_out, no_index, no_good_index, warnings, zero;
     int lo, nbins; /* sketch buckets lo .. lo + nbins - 1 */
     long long *bins;
+    AccError errors[ACC_ERROR_CODES]; /* statements answered by an ERR, by code */
 } Acc;
 
 /* A skeleton cache entry: the literal skeleton of a COM_QUERY and its Template. */
@@ -82,7 +91,7 @@ typedef struct {
     Py_ssize_t scratch_cap, scratch_len;
     int learn;
     /* Counters. */
-    long long fast_exchanges, fast_replayed, fast_cache_resets, fast_accs_full;
+    long long fast_exchanges, fast_replayed, fast_cache_resets, fast_accs_full, fast_error_codes_full;
 } FastState;
 
 typedef struct {
@@ -106,6 +115,7 @@ typedef struct {
 typedef struct {
     long long rows, affected;
     unsigned status, warnings;
+    unsigned err_code; /* an ERR packet's error code (1 .. 65534), 0: not an ERR */
     int deprecate; /* what conv.deprecate_eof becomes: -1 unchanged, 0 False, 1 True */
 } Resp;
 static inline Py_ssize_t le24(const unsigned char *p) {
@@ -126,7 +136,11 @@ void acc_free(Acc *a);
 /* The accumulator of (server, db, user, key, command), made when the aggregator already has
  * that template this interval; NULL (no error) when it is not there or the table is full. */
 Acc *acc_for(FastState *fx, PyObject *server, PyObject *db, PyObject *user, PyObject *key, int command);
-/* What Aggregator.add adds for one successful statement (r: its response); 0 or -1. */
+/* Reserves a's slot for error code `code` (found or free): 0, or -1 when a counts
+ * ACC_ERROR_CODES other codes already (the statement is then Python's). */
+int acc_error_slot(Acc *a, unsigned code);
+/* What Aggregator.add adds for one statement (r: its response; an ERR's code must have its
+ * slot reserved by acc_error_slot); 0 or -1. */
 int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long long latency, long long bytes_in,
             long long bytes_out, const Resp *r);
 

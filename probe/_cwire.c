@@ -4,7 +4,7 @@
  * probe.normalize._FAST_LITERAL.sub("?", sql) gives (tests/probe/test_cexchange.py proves
  * it on generated text against the regex), for text the normalizer would put through its
  * skeleton cache; parse_response(): a whole server response of the kinds the fast path
- * completes, read as Responses._server_plain reads them. Neither keeps any state.
+ * completes (an OK, a result set, an ERR), read as Responses._server_plain reads them. Neither keeps any state.
  */
 #include "_cflows.h"
 
@@ -173,11 +173,22 @@ static int ok_lenenc(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pos, unsi
  * Responses._server_plain reads them; empty and 16 MiB packets are left to it. */
 int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r) {
     r->rows = r->affected = 0;
+    r->err_code = 0;
     r->deprecate = -1;
     if (n < 5) return 0;
     Py_ssize_t length = le24(d), end = 4 + length;
     if (length == 0 || length >= MAX_PACKET || end > n) return 0;
     unsigned first = d[4];
+    if (first == 0xFF) {
+        /* An ERR packet (Responses._response_packet, state R_FIRST: the statement ends with
+         * it, status and warnings 0). Code 0 counts no error in Aggregator.add and 0xFFFF
+         * may be MariaDB's progress report (the statement goes on): both are Python's. The
+         * sqlstate and message only reach slow samples, which are Python's. */
+        if (end != n || length < 3) return 0;
+        r->err_code = le16(d + 5);
+        r->status = r->warnings = 0;
+        return r->err_code != 0 && r->err_code != 0xFFFF;
+    }
     if (first == 0) { /* an OK packet: affected rows, insert id, status, warnings */
         if (end != n) return 0;
         const unsigned char *ok = d + 4;

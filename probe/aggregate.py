@@ -163,9 +163,10 @@ class Aggregator:
 
     def fold(self, rows: list[tuple[Any, ...]]) -> None:
         """Statements the compiled path counted (``probe._cflows.InOrder.fold``), each row
-        the sums of ``add`` over successful, complete, fast commands of one name ("Query",
-        "Execute") and (server, db, user, key) that already has its entry this interval:
-        merged into that entry as any other partial statistics are (``TemplateStats.merge``)."""
+        the sums of ``add`` over complete, fast commands of one name ("Query", "Execute")
+        and (server, db, user, key) that already has its entry this interval, those answered
+        by an ERR counted by code (``{str(code): count}``, the last field): merged into that
+        entry as any other partial statistics are (``TemplateStats.merge``)."""
         for (
             server,
             db,
@@ -188,6 +189,7 @@ class Aggregator:
             warnings,
             zero,
             bins,
+            errors,
         ) in rows:
             stats = self.templates[(server, db, user, key)]
             part = TemplateStats(server, db, key, stats.template, user)
@@ -201,8 +203,10 @@ class Aggregator:
             part.bytes_in, part.bytes_out = bytes_in, bytes_out
             part.no_index_used, part.no_good_index_used = no_index, no_good_index
             part.warnings = warnings
+            part.errors = errors
             stats.merge(part)
             self.commands += count
+            self.errors += sum(errors.values())
 
     def add_login(self, event: LoginFinished) -> None:
         self.logins.login(event.ts_ns, event.server, event.user, event.client, event.error_code)

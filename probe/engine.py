@@ -43,9 +43,9 @@ _META = struct.Struct("IIII")
 #: Recent segment signatures kept for duplicate suppression.
 _DEDUP_ENTRIES = 8192
 #: Counters of the compiled COM_QUERY / COM_STMT_EXECUTE path: exchanges completed in C,
-#: held requests fed to Python after all, and its two bounds biting (skeleton cache
-#: cleared, accumulators full).
-FAST_COUNTERS = ("fast_exchanges", "fast_replayed", "fast_cache_resets", "fast_accs_full")
+#: held requests fed to Python after all, and its bounds biting (skeleton cache cleared,
+#: accumulators full, an accumulator's error codes full).
+FAST_COUNTERS = ("fast_exchanges", "fast_replayed", "fast_cache_resets", "fast_accs_full", "fast_error_codes_full")
 #: How often (packet time) the flow table is swept for expired connections.
 _SWEEP_EVERY_NS = 5_000_000_000
 

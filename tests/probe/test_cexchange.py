@@ -7,7 +7,8 @@ for byte, and exactly for the text the normalizer would put through its skeleton
 (hypothesis, on text made of the characters literals are made of). Then two flow tables,
 one pure and one compiled with the fast path attached to its own aggregator, are fed the
 same generated connections (logins with and without CLIENT_DEPRECATE_EOF, queries answered
-by OK packets, result sets, empty ones, errors, warnings, index flags, multi-results,
+by OK packets, result sets, empty ones, ERR packets (many codes, more than an accumulator
+counts, codes 0 and 0xFFFF, with and without sqlstate, messages of any bytes), warnings, index flags, multi-results,
 session changes, USE, comments, slow ones; prepared statements: PREPARE answered with and
 without EOFs or refused, ids reused after CLOSE, executes with and without new types,
 rebinds, NULLs, values that do not decode, unknown ids, id -1 behind its PREPARE, cursors,
@@ -185,6 +186,24 @@ def compare(pure: Side, compiled: Side, where: str) -> None:
 STATUS = c.SERVER_STATUS_AUTOCOMMIT
 
 
+#: Error codes of generated ERR packets: the usual ones, code 0 (no error counted) and
+#: 0xFFFF (MariaDB's progress report code), more codes than one accumulator counts.
+ERR_CODES = [1062, 1064, 1146, 1213, 1062, 1205, 1054, 1048, 1452, 0, 0xFFFF, 2013, 1062]
+ERR_MESSAGES = ["Duplicate entry '{n}' for key 'PRIMARY'", "", "Table 'db.t{n}' doesn't exist", "déjà vu"]
+
+
+def err_payload(n: int) -> bytes:
+    """An ERR packet's payload: a code of ERR_CODES, with a '#' and sqlstate (CLIENT_PROTOCOL_41)
+    or without, a message (empty, not ASCII, or bytes that are not UTF-8)."""
+    code = ERR_CODES[n % len(ERR_CODES)]
+    message = ERR_MESSAGES[n // 3 % len(ERR_MESSAGES)].format(n=n)
+    if n % 7 == 3:
+        return b"\xff" + struct.pack("<H", code) + b"\xfe\xfa" + message.encode()
+    if n % 5 == 2:
+        return b"\xff" + struct.pack("<H", code) + message.encode()
+    return w.err(code, ("23000", "42S02", "40001", "HY000")[n % 4], message)
+
+
 def response(kind: str, n: int, deprecate: bool) -> bytes:
     if kind == "ok":
         return w.framed([w.ok(affected=n % 3)], 1)
@@ -197,9 +216,15 @@ def response(kind: str, n: int, deprecate: bool) -> bytes:
     if kind == "warn":
         return w.framed([w.ok(warnings=n % 5)], 1)
     if kind == "err":
-        return w.framed([w.err(1064)], 1)
+        return w.framed([err_payload(n)], 1)
     if kind == "schema":
         return w.framed([w.ok(schema=f"db{n % 2}")], 1)
+    if kind == "mid_err":  # an ERR after the first rows (the server gave up half way)
+        head = [w.lenenc_int(1), w.column_def("v")] + ([] if deprecate else [w.eof()])
+        return w.framed([*head, w.lenenc_str(b"x"), err_payload(n)], 1)
+    if kind == "more_err":  # a CALL whose second statement failed
+        first = w.result_set(["v"], [[b"1"]], deprecate_eof=deprecate, status=STATUS | c.SERVER_MORE_RESULTS_EXISTS)
+        return first + w.framed([err_payload(n)], 1)
     if kind == "more":
         first = w.result_set(["v"], [[b"1"]], deprecate_eof=deprecate, status=STATUS | c.SERVER_MORE_RESULTS_EXISTS)
         return first + w.result_set(["v"], [[b"2"]], deprecate_eof=deprecate)
@@ -224,12 +249,16 @@ QUERIES = [
     ("INSERT INTO t VALUES ({n}, 'z')", "wide_ok"),
     ("INSERT INTO u VALUES ({n})", "short_ok"),
     ("SELECT v FROM t WHERE broken = {n}", "err"),
+    ("INSERT INTO t VALUES ({n}, 'dup')", "err"),
+    ("SELECT v FROM missing WHERE id = {n}", "err"),
     ("USE db{b}", "ok"),
     ("SELECT {n}; SELECT 2", "more"),
     ("CALL p({n})", "more"),
     ("SET SESSION x = {n}", "schema"),
     ("/* c */ SELECT v FROM t WHERE id = {n}", "rows"),
     ("SELECT v FROM t{n} WHERE id = {m}", "rows"),
+    ("SELECT v FROM t WHERE id = {n}", "mid_err"),
+    ("CALL p({n})", "more_err"),
 ]
 GAPS_US = [1, 40, 150, 290, 1, 40, 400, 5000]
 
@@ -300,8 +329,10 @@ def binary_result(
 
 def execute_response(draw: st.DrawFn, stmt: Prepared | None, n: int, deprecate: bool, *, cursor: bool) -> bytes:
     """A plausible reply to an execute of stmt (None: an unknown id, refused)."""
-    if stmt is None or draw(st.integers(0, 12)) == 0:
-        return w.framed([w.err(1243 if stmt is None else 1062)], 1)
+    if stmt is None:
+        return w.framed([w.err(1243)], 1)
+    if draw(st.integers(0, 6)) == 0:
+        return w.framed([err_payload(draw(st.integers(0, 300)))], 1)
     if not stmt.columns:
         kind = draw(st.sampled_from(["ok", "ok", "wide", "warn", "more", "schema"]))
         if kind == "more":  # a CALL: an OK with more results, then the last one
@@ -420,10 +451,12 @@ def connection(draw: st.DrawFn, client_port: int, user: str) -> list[tuple[int, 
         if draw(st.integers(0, 2)) == 0:
             statement_steps(draw, script, deprecate, ids)
             continue
-        sql, kind = draw(st.sampled_from(QUERIES[:5] * 4 + QUERIES))
+        sql, kind = draw(st.sampled_from(QUERIES[:5] * 4 + QUERIES[9:12] * 2 + QUERIES))
         n = draw(st.integers(0, 300))
-        script.client(w.query(sql.format(n=n, m=n + 1, b=n % 2)))
-        script.server(response(kind, n, deprecate))
+        # An error flood: a run of one failing statement, each with its own code and message.
+        for i in range(draw(st.integers(2, 12)) if kind == "err" and draw(st.booleans()) else 1):
+            script.client(w.query(sql.format(n=n + i, m=n + 1, b=n % 2)))
+            script.server(response(kind, n + i, deprecate))
     for direction, data, _ in script.chunks:
         after = draw(st.sampled_from(GAPS_US))
         if draw(st.integers(0, 5)):
@@ -583,4 +616,4 @@ def test_the_engine_counts_its_fast_exchanges() -> None:
     assert interval.counters["commands"] == sum(t.count for t in interval.templates) == 7949
     assert counters["fast_exchanges"] > 7000
     assert counters["fast_exchanges"] + counters["fast_replayed"] < 7949
-    assert counters["fast_cache_resets"] == counters["fast_accs_full"] == 0
+    assert counters["fast_cache_resets"] == counters["fast_accs_full"] == counters["fast_error_codes_full"] == 0
