@@ -142,7 +142,7 @@ class Side:
 def interval_state(interval: Interval) -> Any:
     return (
         sorted(repr(sorted(t.to_json().items())) for t in interval.templates),
-        [s.to_json() for s in interval.slow],
+        [plain(s.to_json()) for s in interval.slow],
         interval.slow_dropped,
         interval.counters,
     )
@@ -154,13 +154,18 @@ def conv_state(conv: Conversation) -> dict[str, Any]:
 
 
 def plain(value: Any) -> Any:
-    """Requests and prepared statements as their fields (they have no equality)."""
+    """Requests and prepared statements as their fields (they have no equality), NaN
+    parameters as a string (a NaN is not equal to itself)."""
     if isinstance(value, Request):
         return {k: plain(v) for k, v in vars(value).items()}
     if isinstance(value, PreparedStatement):
         return [plain(getattr(value, name)) for name in PreparedStatement.__slots__]
     if isinstance(value, deque | list):
         return [plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, float) and value != value:
+        return "NaN"  # a parameter decoded from bytes that spell a NaN: equal when both have it
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     return value
