@@ -4,7 +4,8 @@
  * probe.normalize._FAST_LITERAL.sub("?", sql) gives (tests/probe/test_cexchange.py proves
  * it on generated text against the regex), for text the normalizer would put through its
  * skeleton cache; parse_response(): a whole server response of the kinds the fast path
- * completes (an OK, a result set, an ERR), read as Responses._server_plain reads them. Neither keeps any state.
+ * completes (an OK, a result set, an ERR), read as Responses._server_plain reads them.
+ * Neither keeps any state.
  */
 #include "_cflows.h"
 
