@@ -181,6 +181,10 @@ _BPF_RET_K = 0x06
 _SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE
 _PACKET_OUTGOING = 4
 _SO_ATTACH_FILTER = 26
+_SOL_PACKET = 263
+_PACKET_FANOUT = 18
+_PACKET_IGNORE_OUTGOING = 23  # Linux 4.20
+_PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000  # Linux 6.9
 
 
 class _SockFilter(ctypes.Structure):
@@ -209,6 +213,32 @@ def without_outgoing(program: list[tuple[int, int, int, int]]) -> list[tuple[int
         *program,
         (_BPF_RET_K, 0, 0, 0),
     ]
+
+
+def _setsockopt(fd: int, level: int, option: int, value: int) -> None:
+    """setsockopt(2) on a descriptor libpcap owns (it stays open and libpcap's)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(level, option, value)
+    finally:
+        sock.detach()
+
+
+def ignore_outgoing(fd: int, fanout_group: int | None) -> None:
+    """Ask the kernel not to offer the packet socket ``fd`` any outgoing packet: joining
+    ``fanout_group`` (hash fanout) with PACKET_FANOUT_FLAG_IGNORE_OUTGOING, or setting
+    PACKET_IGNORE_OUTGOING without a group. Only right on ``lo``, where every outgoing
+    packet comes back as received; on a NIC the server's replies exist only as outgoing.
+
+    A refusal by the socket's filter (``without_outgoing``) happens after the kernel cloned
+    the packet for the socket, in the sending process's context (the server's, or its
+    client's); an ignoring hook is skipped before the clone. Raises OSError on kernels
+    without the option (EINVAL): the caller falls back to the filter."""
+    if fanout_group is None:
+        _setsockopt(fd, _SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
+        return
+    mode = pcapy.PACKET_FANOUT_HASH | _PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+    _setsockopt(fd, _SOL_PACKET, _PACKET_FANOUT, (fanout_group & 0xFFFF) | (mode << 16))
 
 
 def attach_filter(fd: int, program: list[tuple[int, int, int, int]]) -> None:
@@ -258,16 +288,24 @@ class LiveCapture:
             if bpf:
                 handle.setfilter(bpf)
             handle.setnonblock(1)
-            if fanout_group is not None:
-                handle.set_fanout(fanout_group, pcapy.PACKET_FANOUT_HASH)
         except pcapy.PcapError as exc:
             raise CaptureError(f"cannot capture on {device}: {exc}") from None
         self._handle = handle
         self.linktype: int = handle.datalink()
         #: Whether the kernel refuses lo's outgoing copies (each packet once, not twice).
         self.outgoing_refused = False
-        if device == "lo" and bpf:
-            self._refuse_outgoing(bpf, snaplen)
+        #: Whether the kernel does not even offer them (no clone per sent packet).
+        self.outgoing_ignored = False
+        try:
+            if device == "lo":
+                if bpf:
+                    self._refuse_outgoing(bpf, snaplen)
+                self._ignore_outgoing(fanout_group)
+            if fanout_group is not None and not self.outgoing_ignored:
+                handle.set_fanout(fanout_group, pcapy.PACKET_FANOUT_HASH)
+        except pcapy.PcapError as exc:
+            handle.close()
+            raise CaptureError(f"cannot capture on {device}: {exc}") from None
         # Between activation and setfilter the socket takes every packet on the device, and
         # the kernel counts those it could not queue (on a busy ``lo``: thousands, none of
         # them ours). Counters start when the filter is in place.
@@ -282,6 +320,14 @@ class LiveCapture:
             _log.info("lo: outgoing copies are dropped by libpcap, not the kernel (%s)", exc)
             return
         self.outgoing_refused = True
+
+    def _ignore_outgoing(self, fanout_group: int | None) -> None:
+        try:
+            ignore_outgoing(self.fileno(), fanout_group)
+        except OSError as exc:
+            _log.info("lo: the kernel offers outgoing copies to the capture (%s)", exc)
+            return
+        self.outgoing_ignored = True
 
     def fileno(self) -> int:
         return int(self._handle.getfd())
