@@ -17,7 +17,9 @@ starts its term from what it learned (``ReportMerger.successor``): such a report
 dropped as a duplicate (``duplicates_published_by_predecessor``) and acknowledged, so it
 leaves the spool without reaching the subscribers twice. (In static mode the successor
 is the same master restarted: its checkpoint remembers what it merged and its outbox
-holds the report it may have published, so it needs no feed.)
+holds the report it may have published, so it needs no feed. In gossip mode that
+report is published again, and its slave reports dropped when offered again, only if the
+restarted master leads the very next epoch: see ``_earlier_term``.)
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class MasterNode(BaseNode):
         self.checkpoints = 0
         self._dirty = False
         self.outbox: dict[str, Any] | None = None  # a merged report checkpointed, maybe not published
+        # Gossip mode: the outbox of this node's term that ended with a crash, until the
+        # next term shows whether it may be published again (``_earlier_term``).
+        self.earlier_outbox: dict[str, Any] | None = None
+        self.earlier_outbox_republished = 0
         self.fault_exit_trigger = os.environ.get(FAULT_EXIT_AFTER_PUBLISH) or None
         read_shaped(state / "master.json", "master-checkpoint", self._restore)
 
@@ -133,6 +139,10 @@ class MasterNode(BaseNode):
             self.feed_ignored += 1
             return
         self.feed_reports += 1
+        self._learn_published(report)
+
+    def _learn_published(self, report: dict[str, Any]) -> None:
+        """The slave reports a published merged report holds are merged for good."""
         for slave in report.get("slaves", ()):
             if not isinstance(slave, dict) or not isinstance(slave.get("node"), str):
                 continue
@@ -186,7 +196,7 @@ class MasterNode(BaseNode):
                     "node": self.name,
                     "interval_start_ns": self.interval_start,
                     "merger": self.merger.snapshot(),
-                    "outbox": self.outbox,
+                    "outbox": self.outbox if self.outbox is not None else self.earlier_outbox,
                 }
                 saved = await asyncio.to_thread(
                     self.writes.write, self.state / "master.json", "master-checkpoint", document
@@ -225,8 +235,34 @@ class MasterNode(BaseNode):
             # the leader before published is not: offered again, it is dropped and acknowledged.
             self.merger = self.merger.successor()
             self.pending_acks = {}
+            self._earlier_term()
             await self.subscriptions.announce()
         self._retarget()
+
+    def _earlier_term(self) -> None:
+        """What becomes of the report this node checkpointed in a term that ended with its
+        crash (``earlier_outbox``), once its role in the new epoch is known.
+
+        It may have reached subscribers. If this node leads the very next epoch (the
+        earlier's plus one), no other master led in between, so none merged its slave
+        reports afresh: it is published again, with its own node, incarnation and seq
+        (subscribers and the history deduplicate), and its slave reports, which the slaves
+        offer again, are known as published: dropped and acknowledged, as a successor does
+        with what it saw on the leader's feed. Had another master led in between, that one
+        dealt with them (dropped what it saw published, merged the rest): it is forgotten.
+        Until this node leads, it is kept, in the checkpoint too."""
+        held, self.earlier_outbox = self.earlier_outbox, None
+        if held is None:
+            return
+        self._dirty = True  # the checkpoint forgets it
+        epoch = held.get("epoch")
+        if type(epoch) is not int or self.clustering.epoch != epoch + 1:
+            log.info("not publishing the report of an earlier term (seq %s): another master led since", held.get("seq"))
+            return
+        self._learn_published(held)
+        log.info("publishing again the report of this node's earlier term (seq %s)", held.get("seq"))
+        self.earlier_outbox_republished += 1
+        self.publish(held)
 
     def app(self) -> web.Application:
         app = super().app()
@@ -241,11 +277,10 @@ class MasterNode(BaseNode):
     async def start(self) -> None:
         if self.outbox is not None:
             if self.config.cluster.gossip:
-                # A term that ended with the crash: its reports were never acknowledged, so
-                # the slaves replay them to whichever master leads now (this one too, with a
-                # fresh merger, should it win again). Published here, they would count twice.
-                log.info("not publishing the report of an earlier term (seq %s)", self.outbox.get("seq"))
-                self.outbox = None
+                # A term that ended with the crash: its slave reports were never acknowledged,
+                # so the slaves replay them to whichever master leads now. Which one that is
+                # decides (``_earlier_term``).
+                self.earlier_outbox, self.outbox = self.outbox, None
             else:
                 # Checkpointed before a crash, perhaps never published: the same report with
                 # the same seq again (subscribers and receivers deduplicate by node and seq).
@@ -328,6 +363,9 @@ class MasterNode(BaseNode):
                     "rejected": self.merger.rejected,
                     "intake_latency_ms_p50": latencies[len(latencies) // 2] if latencies else None,
                     "checkpoints": self.checkpoints,
+                    # Reports of this node's term that ended with a crash, published again
+                    # when it led the next epoch (gossip mode).
+                    "earlier_term_republished": self.earlier_outbox_republished,
                 },
                 "leader_feed": {
                     "links": self.feed.status(),

@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def gossip_configs(names: list[str], voters: list[str], *, interval: int, **cluster: Any) -> dict[str, dict[str, Any]]:
     """Configurations of a gossip group on loopback: free Serf, RPC and Raft ports for each
-    node, ``voters`` (names) as the Raft voters, m1 and m2 as seeds; names starting with
+    node, ``voters`` (names) as the Raft voters, m1 and m2 (those present) as seeds; names starting with
     ``s`` are slaves (callers add their ``probe`` section). ``cluster`` adds keys such as
     ``lockttlms``."""
     ports = {n: {"serf": free_port(), "rpc": free_port(), "raft": free_port()} for n in names}
     raft_voters = [f"127.0.0.1:{ports[n]['raft']}" for n in voters]
-    seeds = [f"127.0.0.1:{ports['m1']['serf']}", f"127.0.0.1:{ports['m2']['serf']}"]
+    seeds = [f"127.0.0.1:{ports[n]['serf']}" for n in ("m1", "m2") if n in ports]
     return {
         name: {
             "interval": interval,
