@@ -31,6 +31,12 @@
  * and 0xFFFF (no error counted; MariaDB's progress report), an ERR that is not the whole
  * segment, one after rows or a first result (multi-results), a further code.
  *
+ * Conversation fields. A Conversation has no __dict__ (its fields are the __slots__ of
+ * probe.mysql.state.ConnectionState): this file reads and writes the fields it needs at the
+ * offsets of their member descriptors, through one small layer ("the conversation's
+ * fields" below: CONV, conv_ll, conv_swap), found at attach, which raises TypeError for a
+ * layout it cannot read. An empty slot declines the segment (Python's feed then raises).
+ *
  * Exactness. The template held is the one the normalizer's skeleton cache holds (learnt
  * from it after Python normalized the same skeleton); the C cache is dropped whenever
  * normalizer.cache_resets moves, so a hit is a statement Python's cache would also have
@@ -56,21 +62,15 @@
 #define COM_STMT_EXECUTE 0x17
 #define MAX_PACKET 0xFFFFFF
 
-static PyObject *s_phase, *s_c_desync, *s_c_inflate, *s_c_buf, *s_c_part, *s_c_skip, *s_pending, *s_caps, *s_c_off,
-    *s_limits, *s_max_query_bytes, *s_s_desync, *s_s_inflate, *s_s_buf, *s_s_skip, *s_s_cont, *s_s_off,
-    *s_deprecate_eof, *s_server, *s_db, *s_user, *s_c_packet_end, *s_s_last_ns, *s_server_ack, *s_cache_resets,
-    *s_by_skeleton, *s_slow_threshold_us, *s_normalizer, *s_feed2, *s_max_templates, *s_cache_size,
-    *s_conv2;
+static PyObject *s_max_query_bytes, *s_cache_resets, *s_by_skeleton, *s_slow_threshold_us, *s_normalizer, *s_feed2,
+    *s_max_templates, *s_cache_size, *s_conv2;
 
 /* -- small helpers ----------------------------------------------------------------------- */
 
-/* dict[name] as a long long: 0, or -1 when absent or not an exact int that fits. */
-static int dict_ll(PyObject *dict, PyObject *name, long long *out) {
-    PyObject *value = PyDict_GetItemWithError(dict, name);
-    if (value == NULL || !PyLong_CheckExact(value)) {
-        PyErr_Clear();
-        return -1;
-    }
+/* A value (borrowed, may be NULL) as a long long into *out: 0, or -1 when absent or not an
+ * exact int that fits (no error left set). */
+static int as_ll(PyObject *value, long long *out) {
+    if (value == NULL || !PyLong_CheckExact(value)) return -1;
     int overflow = 0;
     *out = PyLong_AsLongLongAndOverflow(value, &overflow);
     if (overflow || (*out == -1 && PyErr_Occurred())) {
@@ -80,24 +80,68 @@ static int dict_ll(PyObject *dict, PyObject *name, long long *out) {
     return 0;
 }
 
-static int dict_is(PyObject *dict, PyObject *name, PyObject *expected) {
+/* dict[name] as a long long: 0, or -1 when absent or not an exact int that fits. */
+static int dict_ll(PyObject *dict, PyObject *name, long long *out) {
     PyObject *value = PyDict_GetItemWithError(dict, name);
     if (value == NULL) PyErr_Clear();
-    return value == expected;
+    return as_ll(value, out);
 }
 
-static int dict_empty_bytearray(PyObject *dict, PyObject *name) {
-    PyObject *value = PyDict_GetItemWithError(dict, name);
-    if (value == NULL) PyErr_Clear();
+/* -- the conversation's fields ------------------------------------------------------------
+ * Conversation has no __dict__: its fields are __slots__ of ConnectionState
+ * (probe/mysql/state.py), and the classes between add none. fx_attach finds, once, the
+ * offset of every field this file touches (conv_find_slots: each must be a writable
+ * T_OBJECT_EX member descriptor of a class Conversation derives from, else attach raises
+ * TypeError and the engine does not start with a layout it cannot read). CONV() is used
+ * only on objects whose type is exactly Conversation (hold and complete check it first).
+ *
+ * An empty (NULL) slot: ConnectionState.__init__ sets every field, so a slot is empty only
+ * on an object made without __init__ or after `del conv.field`. Every read below treats
+ * NULL as "not the expected value" and declines the segment, so Python's feed runs instead
+ * and raises the AttributeError it raises without the fast path. The fields written
+ * (conv_swap) are all read first, except _c_packet_end, _s_last_ns and _server_ack, which
+ * Python's feed assigns unconditionally: storing into an empty slot is what its assignment
+ * does too. */
+enum {
+    CF_PHASE, CF_PENDING, CF_CAPS, CF_LIMITS, CF_PREPARED, CF_DEPRECATE_EOF, CF_SERVER, CF_DB, CF_USER,
+    CF_C_OFF, CF_C_DESYNC, CF_C_INFLATE, CF_C_BUF, CF_C_PART, CF_C_SKIP, CF_C_PACKET_END,
+    CF_S_OFF, CF_S_DESYNC, CF_S_INFLATE, CF_S_BUF, CF_S_SKIP, CF_S_CONT, CF_S_LAST_NS, CF_SERVER_ACK,
+    CF_COUNT
+};
+static const char *const conv_field_names[CF_COUNT] = {
+    "phase", "pending", "caps", "limits", "prepared", "deprecate_eof", "server", "db", "user",
+    "_c_off", "_c_desync", "_c_inflate", "_c_buf", "_c_part", "_c_skip", "_c_packet_end",
+    "_s_off", "_s_desync", "_s_inflate", "_s_buf", "_s_skip", "_s_cont", "_s_last_ns", "_server_ack",
+};
+static PyObject *s_conv_fields[CF_COUNT];
+_Static_assert(CF_COUNT == CONV_FIELDS, "FastState.conv_slots holds one offset per field");
+
+/* The field of conv (borrowed; NULL: empty). */
+#define CONV(fx, conv, field) SLOT((conv), (fx)->conv_slots[(field)])
+
+static int conv_ll(const FastState *fx, PyObject *conv, int field, long long *out) {
+    return as_ll(CONV(fx, conv, field), out);
+}
+
+static int conv_empty_bytearray(const FastState *fx, PyObject *conv, int field) {
+    PyObject *value = CONV(fx, conv, field);
     return value != NULL && PyByteArray_CheckExact(value) && PyByteArray_GET_SIZE(value) == 0;
 }
 
-static int dict_set_ll(PyObject *dict, PyObject *name, long long value) {
-    PyObject *boxed = PyLong_FromLongLong(value);
-    if (boxed == NULL) return -1;
-    int rc = PyDict_SetItem(dict, name, boxed);
-    Py_DECREF(boxed);
-    return rc;
+/* Stores value (a reference the field takes over) and returns the field's old value (or
+ * NULL) for the caller to release once all its stores are done: releasing an object may run
+ * code, which must not see the conversation half-written. */
+static PyObject *conv_swap(const FastState *fx, PyObject *conv, int field, PyObject *value) {
+    PyObject *old = CONV(fx, conv, field);
+    CONV(fx, conv, field) = value;
+    return old;
+}
+
+/* Finds the offset of every field in fx->conv_slots; 0, or -1 with TypeError. */
+static int conv_find_slots(FastState *fx) {
+    for (int i = 0; i < CF_COUNT; i++)
+        if (slot_offset(fx->conv_type, s_conv_fields[i], &fx->conv_slots[i]) < 0) return -1;
+    return 0;
 }
 
 static unsigned long long fnv(const char *s, Py_ssize_t n) {
@@ -283,16 +327,36 @@ static PyTypeObject HeldType = {
 
 /* -- the two halves of an exchange ------------------------------------------------------ */
 
-/* The segment's time in ns and the conversation's __dict__ (a new reference), or NULL with
- * no error set (a time that is not an int fitting a long long, or no dict). */
-static PyObject *conv_dict(PyObject *conv, PyObject *ts, long long *ts_ns) {
+/* The segment's time in ns: 0, or -1 (no error set) when it is not an int fitting a long long. */
+static int time_ns(PyObject *ts, long long *ts_ns) {
     if (!PyLong_CheckExact(ts) || (*ts_ns = PyLong_AsLongLong(ts)) == -1) {
         PyErr_Clear();
-        return NULL;
+        return -1;
     }
-    PyObject *cd = PyObject_GenericGetDict(conv, NULL);
-    if (cd == NULL) PyErr_Clear();
-    return cd;
+    return 0;
+}
+
+/* limits.max_query_bytes of a conversation's limits: 0, or -1 (no error set). The value of
+ * the last limits object seen is kept with a strong reference to it: a ConversationLimits
+ * is a frozen dataclass (its fields never change), and any other type is read every time. */
+static int max_query_bytes(FastState *fx, PyObject *limits, long long *out) {
+    if (limits == NULL) return -1;
+    if (limits == fx->limits) {
+        *out = fx->max_query;
+        return 0;
+    }
+    PyObject *value = PyObject_GetAttr(limits, s_max_query_bytes);
+    if (value == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    int rc = as_ll(value, out);
+    Py_DECREF(value);
+    if (rc == 0 && (PyObject *)Py_TYPE(limits) == fx->limits_type) {
+        Py_XSETREF(fx->limits, Py_NewRef(limits));
+        fx->max_query = *out;
+    }
+    return rc;
 }
 
 /* The template of a COM_QUERY packet d[0:n] from the skeleton cache (a new reference), or
@@ -330,29 +394,24 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, con
     const int command = d[4] == COM_QUERY ? FX_QUERY : d[4] == COM_STMT_EXECUTE ? FX_EXECUTE : -1;
     if (command < 0) return 0;
     long long ts_ns, phase, skip, caps, c_off, max_query;
-    PyObject *cd = conv_dict(conv, ts, &ts_ns), *template = NULL;
-    if (cd == NULL) return 0;
-    int ok = dict_ll(cd, s_phase, &phase) == 0 && phase == COMMANDS_PHASE && dict_is(cd, s_c_desync, Py_False) &&
-             dict_is(cd, s_c_inflate, Py_None) && dict_empty_bytearray(cd, s_c_buf) &&
-             dict_is(cd, s_c_part, Py_None) && dict_ll(cd, s_c_skip, &skip) == 0 && skip == 0 &&
-             dict_ll(cd, s_c_off, &c_off) == 0 && c_off < (1LL << 62);
-    if (ok) {
-        PyObject *pending = PyDict_GetItemWithError(cd, s_pending);
-        ok = pending != NULL && (PyObject *)Py_TYPE(pending) == fx->deque_type && Py_SIZE(pending) == 0;
-    }
-    if (ok && command == FX_QUERY) {
+    PyObject *template = NULL;
+    if (time_ns(ts, &ts_ns) < 0) return 0;
+    if (conv_ll(fx, conv, CF_PHASE, &phase) < 0 || phase != COMMANDS_PHASE || CONV(fx, conv, CF_C_DESYNC) != Py_False ||
+        CONV(fx, conv, CF_C_INFLATE) != Py_None || !conv_empty_bytearray(fx, conv, CF_C_BUF) ||
+        CONV(fx, conv, CF_C_PART) != Py_None || conv_ll(fx, conv, CF_C_SKIP, &skip) < 0 || skip != 0 ||
+        conv_ll(fx, conv, CF_C_OFF, &c_off) < 0 || c_off >= (1LL << 62))
+        return 0;
+    PyObject *pending = CONV(fx, conv, CF_PENDING);
+    if (pending == NULL || (PyObject *)Py_TYPE(pending) != fx->deque_type || Py_SIZE(pending) != 0) return 0;
+    if (command == FX_QUERY) {
         /* Requests._command describes it inline only with capabilities known and no query
          * attributes, and keeps max_query_bytes of its text. */
-        ok = dict_ll(cd, s_caps, &caps) == 0 && !(caps & fx->query_attributes);
-        PyObject *limits = ok ? PyDict_GetItemWithError(cd, s_limits) : NULL;
-        PyObject *limit = limits != NULL ? PyObject_GetAttr(limits, s_max_query_bytes) : NULL;
-        ok = limit != NULL && PyLong_CheckExact(limit) && (max_query = PyLong_AsLongLong(limit)) >= n - 4;
-        Py_XDECREF(limit);
-        PyErr_Clear();
+        if (conv_ll(fx, conv, CF_CAPS, &caps) < 0 || (caps & fx->query_attributes) ||
+            max_query_bytes(fx, CONV(fx, conv, CF_LIMITS), &max_query) < 0 || max_query < n - 4)
+            return 0;
+    } else if (!execute_template(fx, CONV(fx, conv, CF_PREPARED), d, n, &template)) {
+        return 0;
     }
-    if (ok && command == FX_EXECUTE) ok = execute_template(fx, cd, d, n, &template);
-    Py_DECREF(cd);
-    if (!ok) return 0;
     if (command == FX_QUERY && (template = query_template(fx, d, n)) == NULL) return 0;
     /* The held segment owns its bytes: d may point into a capture buffer that is reused. */
     payload = payload != NULL ? Py_NewRef(payload) : PyBytes_FromStringAndSize((const char *)d, n);
@@ -397,59 +456,62 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
     FastState *fx = &self->fx;
     long long ts_ns, phase, skip, c_off, s_off, threshold;
     if (has_ack && ack < h->c_end) return 0; /* Python's "response to an unseen request" */
-    PyObject *cd = conv_dict(conv, ts, &ts_ns);
-    if (cd == NULL) return 0;
-    int rc = 0, deprecate;
-    PyObject *dep = PyDict_GetItemWithError(cd, s_deprecate_eof);
-    PyObject *server = PyDict_GetItemWithError(cd, s_server), *db = PyDict_GetItemWithError(cd, s_db),
-             *user = PyDict_GetItemWithError(cd, s_user), *pending = PyDict_GetItemWithError(cd, s_pending);
-    PyErr_Clear();
-    deprecate = dep == Py_True ? 1 : dep == Py_False ? 0 : dep == Py_None ? -1 : -2;
+    if ((PyObject *)Py_TYPE(conv) != fx->conv_type || time_ns(ts, &ts_ns) < 0) return 0;
+    PyObject *dep = CONV(fx, conv, CF_DEPRECATE_EOF), *server = CONV(fx, conv, CF_SERVER), *db = CONV(fx, conv, CF_DB),
+             *user = CONV(fx, conv, CF_USER), *pending = CONV(fx, conv, CF_PENDING);
+    int deprecate = dep == Py_True ? 1 : dep == Py_False ? 0 : dep == Py_None ? -1 : -2;
     if (deprecate == -2 || server == NULL || db == NULL || user == NULL || !PyUnicode_CheckExact(server) ||
         !PyUnicode_CheckExact(db) || !PyUnicode_CheckExact(user) || pending == NULL ||
         (PyObject *)Py_TYPE(pending) != fx->deque_type || Py_SIZE(pending) != 0)
-        goto out;
-    if (dict_ll(cd, s_phase, &phase) < 0 || phase != COMMANDS_PHASE || !dict_is(cd, s_s_desync, Py_False) ||
-        !dict_is(cd, s_s_inflate, Py_None) || !dict_empty_bytearray(cd, s_s_buf) || dict_ll(cd, s_s_skip, &skip) < 0 ||
-        skip != 0 || !dict_is(cd, s_s_cont, Py_False) || dict_ll(cd, s_c_off, &c_off) < 0 || c_off != h->c_off ||
-        dict_ll(cd, s_s_off, &s_off) < 0 || s_off > (1LL << 62))
-        goto out;
+        return 0;
+    if (conv_ll(fx, conv, CF_PHASE, &phase) < 0 || phase != COMMANDS_PHASE || CONV(fx, conv, CF_S_DESYNC) != Py_False ||
+        CONV(fx, conv, CF_S_INFLATE) != Py_None || !conv_empty_bytearray(fx, conv, CF_S_BUF) ||
+        conv_ll(fx, conv, CF_S_SKIP, &skip) < 0 || skip != 0 || CONV(fx, conv, CF_S_CONT) != Py_False ||
+        conv_ll(fx, conv, CF_C_OFF, &c_off) < 0 || c_off != h->c_off || conv_ll(fx, conv, CF_S_OFF, &s_off) < 0 ||
+        s_off > (1LL << 62))
+        return 0;
     Resp r;
-    if (!parse_response(d, n, deprecate, &r)) goto out;
+    if (!parse_response(d, n, deprecate, &r)) return 0;
     long long latency = ts_ns > h->ts_ns ? (ts_ns - h->ts_ns) / 1000 : 0;
     PyObject *agg = PyObject_GenericGetDict(fx->aggregator, NULL);
     if (agg == NULL) {
         PyErr_Clear();
-        goto out;
+        return 0;
     }
     int known = dict_ll(agg, s_slow_threshold_us, &threshold) == 0;
     Py_DECREF(agg);
-    if (!known || latency >= threshold || latency >= fx->key_table_len) goto out;
+    if (!known || latency >= threshold || latency >= fx->key_table_len) return 0;
     Acc *a = acc_for(fx, server, db, user, PyTuple_GET_ITEM(h->template, 0), h->command);
-    if (a == NULL) goto out;
+    if (a == NULL) return 0;
     if (r.err_code && acc_error_slot(a, r.err_code) < 0) {
         fx->fast_error_codes_full++;
-        goto out;
+        return 0;
     }
-    /* What the two feeds would have left in the conversation. */
-    rc = -1;
-    PyObject *c_end = PyLong_FromLongLong(h->c_end);
-    if (c_end == NULL) goto out;
-    int failed = PyDict_SetItem(cd, s_c_off, c_end) < 0 || PyDict_SetItem(cd, s_c_packet_end, c_end) < 0;
-    Py_DECREF(c_end);
-    if (failed || dict_set_ll(cd, s_s_off, s_off + n) < 0 || PyDict_SetItem(cd, s_s_last_ns, ts) < 0 ||
-        (has_ack && dict_set_ll(cd, s_server_ack, ack) < 0) ||
-        (r.deprecate >= 0 && r.deprecate != deprecate &&
-         PyDict_SetItem(cd, s_deprecate_eof, r.deprecate ? Py_True : Py_False) < 0))
-        goto out;
+    /* What the two feeds would have left in the conversation: every new value is made
+     * before the first store, and the old ones are released after the last. */
+    PyObject *c_end = PyLong_FromLongLong(h->c_end), *s_end = PyLong_FromLongLong(s_off + n),
+             *acked = has_ack ? PyLong_FromLongLong(ack) : NULL;
+    if (c_end == NULL || s_end == NULL || (has_ack && acked == NULL)) {
+        Py_XDECREF(c_end);
+        Py_XDECREF(s_end);
+        Py_XDECREF(acked);
+        return -1;
+    }
+    PyObject *old[6];
+    int stored = 0;
+    old[stored++] = conv_swap(fx, conv, CF_C_OFF, Py_NewRef(c_end));
+    old[stored++] = conv_swap(fx, conv, CF_C_PACKET_END, c_end);
+    old[stored++] = conv_swap(fx, conv, CF_S_OFF, s_end);
+    old[stored++] = conv_swap(fx, conv, CF_S_LAST_NS, Py_NewRef(ts));
+    if (has_ack) old[stored++] = conv_swap(fx, conv, CF_SERVER_ACK, acked);
+    if (r.deprecate >= 0 && r.deprecate != deprecate)
+        old[stored++] = conv_swap(fx, conv, CF_DEPRECATE_EOF, Py_NewRef(r.deprecate ? Py_True : Py_False));
+    while (stored > 0) Py_XDECREF(old[--stored]);
     /* What Aggregator.add would have added. */
-    if (acc_add(fx, a, h->ts_ns, ts_ns, latency, h->c_end - h->c_off, n, &r) < 0) goto out;
+    if (acc_add(fx, a, h->ts_ns, ts_ns, latency, h->c_end - h->c_off, n, &r) < 0) return -1;
     fx->fast_exchanges++;
     held_drop(h);
-    rc = 1;
-out:
-    Py_DECREF(cd);
-    return rc;
+    return 1;
 }
 
 int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int direction, const unsigned char *d,
@@ -539,7 +601,8 @@ PyObject *fx_attach(InOrder *self, PyObject *aggregator) {
     long long max_templates, cache_size;
     if ((fx->normalizer = PyObject_GetAttr(self->flows, s_normalizer)) == NULL) goto fail;
     fx->aggregator = Py_NewRef(aggregator);
-    if (import_attr("probe.mysql.conversation", "Conversation", &fx->conv_type) < 0 ||
+    if (import_attr("probe.mysql.conversation", "Conversation", &fx->conv_type) < 0 || conv_find_slots(fx) < 0 ||
+        import_attr("probe.mysql.state", "ConversationLimits", &fx->limits_type) < 0 ||
         import_attr("collections", "deque", &fx->deque_type) < 0 ||
         import_attr("probe.flows", "PinnedTemplate", &fx->pinned_type) < 0 || execute_attach(fx) < 0 ||
         attr_ll(aggregator, s_max_templates, &max_templates) < 0 ||
@@ -609,6 +672,8 @@ void fx_release(FastState *fx) {
     Py_CLEAR(fx->aggregator);
     Py_CLEAR(fx->normalizer);
     Py_CLEAR(fx->conv_type);
+    Py_CLEAR(fx->limits_type);
+    Py_CLEAR(fx->limits);
     Py_CLEAR(fx->deque_type);
     Py_CLEAR(fx->pinned_type);
     Py_CLEAR(fx->stmt_type);
@@ -619,6 +684,8 @@ int fx_traverse(FastState *fx, visitproc visit, void *arg) {
     Py_VISIT(fx->aggregator);
     Py_VISIT(fx->normalizer);
     Py_VISIT(fx->conv_type);
+    Py_VISIT(fx->limits_type);
+    Py_VISIT(fx->limits);
     Py_VISIT(fx->deque_type);
     Py_VISIT(fx->pinned_type);
     Py_VISIT(fx->stmt_type);
@@ -629,30 +696,7 @@ int fx_traverse(FastState *fx, visitproc visit, void *arg) {
 int fx_module_init(PyObject *module) {
 #define INTERN(var, text) \
     if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
-    INTERN(s_phase, "phase");
-    INTERN(s_c_desync, "_c_desync");
-    INTERN(s_c_inflate, "_c_inflate");
-    INTERN(s_c_buf, "_c_buf");
-    INTERN(s_c_part, "_c_part");
-    INTERN(s_c_skip, "_c_skip");
-    INTERN(s_pending, "pending");
-    INTERN(s_caps, "caps");
-    INTERN(s_c_off, "_c_off");
-    INTERN(s_limits, "limits");
     INTERN(s_max_query_bytes, "max_query_bytes");
-    INTERN(s_s_desync, "_s_desync");
-    INTERN(s_s_inflate, "_s_inflate");
-    INTERN(s_s_buf, "_s_buf");
-    INTERN(s_s_skip, "_s_skip");
-    INTERN(s_s_cont, "_s_cont");
-    INTERN(s_s_off, "_s_off");
-    INTERN(s_deprecate_eof, "deprecate_eof");
-    INTERN(s_server, "server");
-    INTERN(s_db, "db");
-    INTERN(s_user, "user");
-    INTERN(s_c_packet_end, "_c_packet_end");
-    INTERN(s_s_last_ns, "_s_last_ns");
-    INTERN(s_server_ack, "_server_ack");
     INTERN(s_cache_resets, "cache_resets");
     INTERN(s_by_skeleton, "_by_skeleton");
     INTERN(s_slow_threshold_us, "slow_threshold_us");
@@ -662,6 +706,8 @@ int fx_module_init(PyObject *module) {
     INTERN(s_cache_size, "cache_size");
     INTERN(s_conv2, "conv");
 #undef INTERN
+    for (int i = 0; i < CF_COUNT; i++)
+        if ((s_conv_fields[i] = PyUnicode_InternFromString(conv_field_names[i])) == NULL) return -1;
     if (accs_module_init() < 0 || execute_module_init() < 0) return -1;
     if (PyModule_AddIntConstant(module, "ACC_ERROR_CODES", ACC_ERROR_CODES) < 0 || PyType_Ready(&HeldType) < 0)
         return -1;

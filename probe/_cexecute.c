@@ -27,7 +27,7 @@
 #define COM_STMT_EXECUTE 0x17
 #define LAST_PREPARED 0xFFFFFFFFu
 
-static PyObject *s_prepared, *s_stmt_slot_names[6];
+static PyObject *s_stmt_slot_names[6];
 
 enum { ST_TEMPLATE, ST_PARAMS, ST_TYPES, ST_LONG_DATA, ST_FAILED, ST_COMPLETE };
 
@@ -47,7 +47,7 @@ static int same_types(PyObject *types, const unsigned char *p, long long count) 
     return 1;
 }
 
-int execute_template(FastState *fx, PyObject *cd, const unsigned char *d, Py_ssize_t n, PyObject **template) {
+int execute_template(FastState *fx, PyObject *prepared, const unsigned char *d, Py_ssize_t n, PyObject **template) {
     /* d: the packet (4-byte header, then the payload of n - 4 bytes). Payload layout:
      * 0x17, int<4> statement id, int<1> flags, int<4> iteration count, then with
      * parameters: NULL bitmap, int<1> new_params_bound_flag, [int<2> type per parameter],
@@ -58,8 +58,7 @@ int execute_template(FastState *fx, PyObject *cd, const unsigned char *d, Py_ssi
     unsigned long stmt_id = (unsigned long)payload[1] | (unsigned long)payload[2] << 8 |
                             (unsigned long)payload[3] << 16 | (unsigned long)payload[4] << 24;
     if (stmt_id == LAST_PREPARED) return 0;
-    PyObject *prepared = PyDict_GetItemWithError(cd, s_prepared);
-    if (prepared == NULL || !PyDict_CheckExact(prepared)) goto no;
+    if (prepared == NULL || !PyDict_CheckExact(prepared)) return 0;
     PyObject *id = PyLong_FromUnsignedLong(stmt_id);
     if (id == NULL) goto no;
     PyObject *stmt = PyDict_GetItemWithError(prepared, id); /* borrowed */
@@ -109,7 +108,6 @@ int execute_attach(FastState *fx) {
 
 int execute_module_init(void) {
     const char *names[6] = {"template", "params", "types", "long_data", "failed", "complete"};
-    if ((s_prepared = PyUnicode_InternFromString("prepared")) == NULL) return -1;
     for (int i = 0; i < 6; i++)
         if ((s_stmt_slot_names[i] = PyUnicode_InternFromString(names[i])) == NULL) return -1;
     return 0;

@@ -396,12 +396,13 @@ static PyObject *inorder_fallback(PyObject *callable) { return ((InOrder *)calla
 
 /* The offset of the __slots__ member `name` of class `cls` (a writable object slot). */
 int slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *out) {
-    PyObject *descr = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, name); /* borrowed */
+    /* Looked up along the MRO: a subclass's slots are declared by its bases. */
+    PyObject *descr = _PyType_Lookup((PyTypeObject *)cls, name); /* borrowed */
     if (descr == NULL) {
-        if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "InOrder: %R has no slot %R", cls, name);
+        PyErr_Format(PyExc_TypeError, "InOrder: %R has no slot %R", cls, name);
         return -1;
     }
-    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type) || !PyType_IsSubtype((PyTypeObject *)cls, PyDescr_TYPE(descr))) {
         PyErr_Format(PyExc_TypeError, "InOrder: %R.%U is not a slot", cls, name);
         return -1;
     }

@@ -66,11 +66,18 @@ typedef struct {
     PyObject *template; /* probe.normalize.Template (key, text) */
 } SkelEntry;
 
+/* Fields of a Conversation that _cexchange.c reads or writes by slot offset (CF_* there). */
+#define CONV_FIELDS 24
+
 typedef struct {
     int enabled;                /* attach() was called */
     PyObject *aggregator;       /* probe.aggregate.Aggregator */
     PyObject *normalizer;       /* flows.normalizer */
     PyObject *conv_type;        /* probe.mysql.conversation.Conversation */
+    Py_ssize_t conv_slots[CONV_FIELDS]; /* offsets of its slots, by CF_* of _cexchange.c */
+    PyObject *limits_type;      /* probe.mysql.state.ConversationLimits */
+    PyObject *limits;           /* the last ConversationLimits read, or NULL */
+    long long max_query;        /* its max_query_bytes */
     PyObject *deque_type;       /* collections.deque */
     PyObject *pinned_type;      /* probe.flows.PinnedTemplate */
     PyObject *stmt_type;        /* probe.mysql.state.PreparedStatement */
@@ -127,7 +134,8 @@ Py_ssize_t skeleton(const unsigned char *s, Py_ssize_t n, char *out);
 /* 1 when data is one whole response the fast path completes (r filled), else 0. */
 int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r);
 
-/* _cflows.c: the offset of the __slots__ member `name` of class `cls`; 0 or -1. */
+/* _cflows.c: the offset of the __slots__ member `name` of class `cls` (declared by cls or a
+ * class it derives from); 0, or -1 with TypeError when it is not a writable object slot. */
 int slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *out);
 
 /* _caccs.c */
@@ -149,8 +157,9 @@ int execute_module_init(void);
 /* Finds PreparedStatement and its slots (fx->stmt_type, fx->stmt_slots); 0 or -1. */
 int execute_attach(FastState *fx);
 /* The packet d[0:n] holds one COM_STMT_EXECUTE: 1 with *template (a new reference) when the
- * fast path may hold it (cd: the conversation's __dict__), 0 when it is Python's. */
-int execute_template(FastState *fx, PyObject *cd, const unsigned char *d, Py_ssize_t n, PyObject **template);
+ * fast path may hold it (prepared: the conversation's `prepared` dict, borrowed, or NULL),
+ * 0 when it is Python's. */
+int execute_template(FastState *fx, PyObject *prepared, const unsigned char *d, Py_ssize_t n, PyObject **template);
 
 /* _cexchange.c */
 int fx_module_init(PyObject *module);

@@ -45,6 +45,8 @@ class Conversation(Responses):
     (fields and outcomes), ``handshake``, ``prepared``, ``requests``, ``responses``.
     """
 
+    __slots__ = ()
+
     def feed(self, ts: int, direction: int, data: bytes, ack: int | None = None) -> list[Event]:
         """Bytes of one segment, in stream order. ``ack``: the sender's acknowledgement as an
         absolute offset into the other direction's stream, when known."""

@@ -17,6 +17,8 @@ from probe.mysql.state import AUTH, CLOSED, COMMANDS, CONNECT, GREETING, LOGIN, 
 class Handshake(ConnectionState):
     """The connection phase, both directions."""
 
+    __slots__ = ()
+
     def _greeting(self, ts: int, data: bytes) -> bool:
         length = data[0] | data[1] << 8 | data[2] << 16
         try:

@@ -29,6 +29,8 @@ from probe.normalize import Template, count_placeholders, template_key
 class PreparedStatements(Handshake):
     """Statement ids, their templates and the replies to COM_STMT_PREPARE."""
 
+    __slots__ = ()
+
     def learn_prepared(self, stmt_id: int, sql: str) -> bool:
         """A statement prepared before this connection was seen (from a checkpoint, or the
         server's performance_schema): executes of ``stmt_id`` get its template."""

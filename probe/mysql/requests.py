@@ -39,6 +39,8 @@ from probe.normalize import split_statements
 class Requests(PreparedStatements):
     """The client -> server direction."""
 
+    __slots__ = ()
+
     def _client_segment(self, ts: int, data: bytes, start: int, ack: int | None) -> None:
         if self._c_desync:
             if not self._client_boundary(ts, data, start):

@@ -53,6 +53,8 @@ WALK_SKIP = native.WALK_SKIP
 class Responses(Requests):
     """The server -> client direction."""
 
+    __slots__ = ()
+
     def _server_resync(self, ts: int, data: bytes, start: int) -> None:
         """A desynchronised server stream: skip to where a response starts, parse from there."""
         data = self._server_boundary(ts, data, start)

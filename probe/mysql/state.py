@@ -186,7 +186,65 @@ def used_db(sql: str) -> str | None:
 
 
 class ConnectionState:
-    """Fields of one client connection and the outcomes every phase shares."""
+    """Fields of one client connection and the outcomes every phase shares.
+
+    Every field is a slot, set in ``__init__`` (so none is ever unset on a constructed
+    object), and the phase classes built on this one add none: a conversation has no
+    ``__dict__``. probe/_cexchange.c reads and writes some of these slots at the offsets of
+    their member descriptors (found once, at ``InOrder.attach``). ``__slots__`` lists every
+    field (tests that compare two engines walk it).
+    """
+
+    # Sorted (as CPython lays them out); what each holds is said where __init__ sets it.
+    __slots__ = (
+        "_c_buf",
+        "_c_desync",
+        "_c_inflate",
+        "_c_off",
+        "_c_packet_end",
+        "_c_part",
+        "_c_part_cut",
+        "_c_part_seq",
+        "_c_part_size",
+        "_c_skip",
+        "_c_skip_last",
+        "_events",
+        "_login",
+        "_s_buf",
+        "_s_cont",
+        "_s_desync",
+        "_s_inflate",
+        "_s_last_ns",
+        "_s_off",
+        "_s_skip",
+        "_server_ack",
+        "_turn_mark",
+        "_walk",
+        "budget",
+        "caps",
+        "client",
+        "compressed",
+        "conn_id",
+        "db",
+        "deprecate_eof",
+        "last_prepared",
+        "limit_hits",
+        "limits",
+        "midstream",
+        "multi_statements",
+        "normalizer",
+        "not_mysql",
+        "pending",
+        "pending_bytes",
+        "phase",
+        "prepared",
+        "prepared_bytes",
+        "server",
+        "server_caps",
+        "unparsed_segments",
+        "unread_exchanges",
+        "user",
+    )
 
     def __init__(
         self,

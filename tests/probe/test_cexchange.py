@@ -41,7 +41,7 @@ from probe.flows import FlowLimits, FlowTable
 from probe.mysql import constants as c
 from probe.mysql.conversation import Conversation
 from probe.mysql.events import TO_CLIENT, TO_SERVER, CommandCompleted, Event
-from probe.mysql.state import PreparedStatement, Request
+from probe.mysql.state import ConnectionState, PreparedStatement, Request
 from probe.normalize import _FAST_LITERAL, _PLAIN_BACKTICKS, Normalizer
 from tests.support import mysqlwire as w
 from tests.support.fuzz import fuzz_settings
@@ -150,7 +150,7 @@ def interval_state(interval: Interval) -> Any:
 
 def conv_state(conv: Conversation) -> dict[str, Any]:
     skipped = ("_events", "normalizer", "budget", "_walk", "limits")
-    return {k: plain(v) for k, v in vars(conv).items() if k not in skipped}
+    return {k: plain(getattr(conv, k)) for k in ConnectionState.__slots__ if k not in skipped}
 
 
 def plain(value: Any) -> Any:
