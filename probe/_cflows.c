@@ -20,9 +20,10 @@
  * calls it without building a Segment tuple or a payload bytes object, which are made only
  * for a segment that goes to Python (the fallback, conv.feed, a held COM_QUERY's copy).
  *
- * table.table, table.ports, table.server_ips and table.__dict__ are read once, at
- * construction (FlowTable never rebinds them); tcp_segments and on_events are read from that
- * __dict__ at each call (FlowTable's class defines neither). The fields of a Connection and
+ * table.table, table.ports and table.server_ips are read once, at construction (FlowTable
+ * never rebinds them); tcp_segments and on_events are slots of FlowTable, read (and the
+ * count written) at each call at their offsets, found at construction on type(table) (a
+ * table whose class shadows them is refused with TypeError). The fields of a Connection and
  * of a HalfStream are __slots__: they are read and written at the offsets of the slots'
  * member descriptors, found at construction and used only on objects whose type is exactly
  * probe.flows.Connection or probe.flows.HalfStream (anything else falls back).
@@ -218,8 +219,9 @@ no:
 int inorder_emit(InOrder *self, PyObject *events) {
     int truth = PyObject_IsTrue(events);
     if (truth <= 0) return truth;
-    PyObject *on_events = PyDict_GetItemWithError(self->attrs, s_on_events);
-    on_events = on_events != NULL ? Py_NewRef(on_events) : PyErr_Occurred() ? NULL : GET(self->flows, s_on_events);
+    PyObject *on_events = SLOT(self->flows, self->on_events_slot);
+    /* An empty slot: getattr raises the AttributeError Python's call would. */
+    on_events = on_events != NULL ? Py_NewRef(on_events) : GET(self->flows, s_on_events);
     if (on_events == NULL) return -1;
     PyObject *ret = PyObject_CallOneArg(on_events, events);
     Py_DECREF(on_events);
@@ -234,16 +236,9 @@ int inorder_emit(InOrder *self, PyObject *events) {
 static int advance(InOrder *self, Fast *f, PyObject *ts, const unsigned char *d, Py_ssize_t size,
                    PyObject *payload) {
     long long segments;
-    PyObject *counted = PyDict_GetItemWithError(self->attrs, s_tcp_segments); /* borrowed */
-    if (as_ll(counted, &segments) != 0 || segments == LLONG_MAX) {
-        PyErr_Clear();
-        return 0; /* not an int: Python's += decides */
-    }
-    PyObject *boxed = PyLong_FromLongLong(segments + 1);
-    if (boxed == NULL) return -1;
-    int stored = PyDict_SetItem(self->attrs, s_tcp_segments, boxed);
-    Py_DECREF(boxed);
-    if (stored < 0) return -1;
+    if (as_ll(SLOT(self->flows, self->tcp_segments_slot), &segments) != 0 || segments == LLONG_MAX)
+        return 0; /* not an int (or empty): Python's += decides */
+    if (set_slot_ll(self->flows, self->tcp_segments_slot, segments + 1) < 0) return -1;
     PyObject *old_ns = SLOT(f->conn, self->conn_slots.last_ns);
     SLOT(f->conn, self->conn_slots.last_ns) = Py_NewRef(ts);
     Py_XDECREF(old_ns); /* an int: no code runs */
@@ -450,10 +445,11 @@ static PyObject *inorder_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     self->flows = Py_NewRef(flows);
     if ((self->conns = GET(flows, s_table)) == NULL || (self->ports = GET(flows, s_ports)) == NULL ||
         (self->server_ips = GET(flows, s_server_ips)) == NULL || (self->fallback = GET(flows, s_segment)) == NULL ||
-        (self->attrs = PyObject_GenericGetDict(flows, NULL)) == NULL || find_slots(self) < 0)
+        find_slots(self) < 0 || slot_offset((PyObject *)Py_TYPE(flows), s_tcp_segments, &self->tcp_segments_slot) < 0 ||
+        slot_offset((PyObject *)Py_TYPE(flows), s_on_events, &self->on_events_slot) < 0)
         goto fail;
-    if (!PyDict_CheckExact(self->conns) || !PyDict_CheckExact(self->attrs)) {
-        PyErr_SetString(PyExc_TypeError, "InOrder: flows.table and flows.__dict__ must be dicts");
+    if (!PyDict_CheckExact(self->conns)) {
+        PyErr_SetString(PyExc_TypeError, "InOrder: flows.table must be a dict");
         goto fail;
     }
     if (!PyAnySet_Check(self->ports) || (self->server_ips != Py_None && !PyAnySet_Check(self->server_ips))) {
@@ -474,7 +470,6 @@ static int inorder_traverse(InOrder *self, visitproc visit, void *arg) {
     Py_VISIT(self->ports);
     Py_VISIT(self->server_ips);
     Py_VISIT(self->fallback);
-    Py_VISIT(self->attrs);
     Py_VISIT(self->conn_type);
     Py_VISIT(self->half_type);
     return fx_traverse(&self->fx, visit, arg);
@@ -486,7 +481,6 @@ static int inorder_clear(InOrder *self) {
     Py_CLEAR(self->ports);
     Py_CLEAR(self->server_ips);
     Py_CLEAR(self->fallback);
-    Py_CLEAR(self->attrs);
     Py_CLEAR(self->conn_type);
     Py_CLEAR(self->half_type);
     if (self->keys != NULL) {

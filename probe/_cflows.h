@@ -104,7 +104,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *flows;      /* the FlowTable */
-    PyObject *attrs;      /* flows.__dict__ */
+    Py_ssize_t tcp_segments_slot, on_events_slot; /* offsets of those slots of type(flows) */
     PyObject *conn_type;  /* probe.flows.Connection */
     PyObject *half_type;  /* probe.flows.HalfStream */
     ConnSlots conn_slots;

@@ -160,6 +160,26 @@ class FlowLimits:
 class FlowTable:
     """Connections to the watched server port(s), keyed by (client ip, port, server ip, port)."""
 
+    # Slots: probe/_cflows.c moves tcp_segments and reads on_events at their offsets.
+    __slots__ = (
+        "counters",
+        "limit_hits_closed",
+        "limits",
+        "non_mysql_closed",
+        "normalizer",
+        "on_events",
+        "ports",
+        "prepared_budget",
+        "restored",
+        "segment_entry",
+        "server_ips",
+        "sessions",
+        "table",
+        "tcp_segments",
+        "unparsed_closed",
+        "unread_closed",
+    )
+
     def __init__(
         self,
         ports: frozenset[int],

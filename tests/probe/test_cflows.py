@@ -337,6 +337,30 @@ def test_the_compiled_path_needs_a_flow_table() -> None:
         native.cflows.InOrder(object())
 
 
+class _CountedElsewhere(FlowTable):
+    """tcp_segments is a property here: the slot InOrder would move is not it."""
+
+    __slots__ = ("_count",)
+
+    @property  # type: ignore[override]
+    def tcp_segments(self) -> int:
+        return self._count
+
+    @tcp_segments.setter
+    def tcp_segments(self, value: int) -> None:
+        self._count = value
+
+
+def test_the_compiled_path_refuses_a_table_whose_counters_are_not_slots() -> None:
+    need_compiled()
+    assert native.cflows is not None
+    flows = _CountedElsewhere(frozenset({PORT}), lambda events: None, Normalizer(), pure=True)
+    with pytest.raises(TypeError, match=r"\.tcp_segments is not a slot"):
+        native.cflows.InOrder(flows)
+    plain = RecordedFlows(pure=False)  # a subclass with a __dict__ of its own: its base's slots
+    assert isinstance(plain.segment_entry, native.cflows.InOrder)
+
+
 # -- the entry point fuzzed ----------------------------------------------------------------------
 
 ANY = st.one_of(
