@@ -104,8 +104,8 @@ int acc_error_slot(Acc *a, unsigned code) {
     return -1;
 }
 
-int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long long latency, long long bytes_in,
-            long long bytes_out, const Resp *r) {
+int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long long latency, long long ttfb,
+            long long bytes_in, long long bytes_out, const Resp *r) {
     if (latency > 0 && acc_bucket(a, fx->key_table[latency]) < 0) return -1;
     if (latency <= 0) a->zero++;
     if (a->count == 0 || latency < a->latency_min) a->latency_min = latency;
@@ -114,7 +114,7 @@ int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long lo
     if (a->count == 0 || end_ns > a->last_ns) a->last_ns = end_ns;
     a->count++;
     a->latency_sum += latency;
-    a->ttfb_sum += latency; /* the response's first byte came in its last segment */
+    a->ttfb_sum += ttfb;
     a->rows += r->rows;
     a->affected += r->affected;
     a->bytes_in += bytes_in;

@@ -61,6 +61,7 @@
 #define COM_QUERY 3
 #define COM_STMT_EXECUTE 0x17
 #define MAX_PACKET 0xFFFFFF
+#define MAX_PARTS 64 /* server segments one held response may span */
 
 static PyObject *s_max_query_bytes, *s_cache_resets, *s_by_skeleton, *s_slow_threshold_us, *s_normalizer, *s_feed2,
     *s_max_templates, *s_cache_size, *s_conv2;
@@ -203,6 +204,12 @@ typedef struct {
     int active, has_ack, command; /* command: FX_QUERY, FX_EXECUTE */
     PyObject *ts, *payload, *template;
     long long ts_ns, ack, c_off, c_end, resets;
+    /* A response in several segments (RESP_MORE): the server segments held so far, a list
+     * of (ts, payload, ack or None), NULL when none; what they added up to; the time of
+     * the first (Request.first_ns); their bytes. */
+    PyObject *parts;
+    Resp resp;
+    long long first_ns, s_bytes;
 } Held;
 
 static PyTypeObject HeldType;
@@ -212,14 +219,29 @@ static void held_drop(Held *h) {
     Py_CLEAR(h->ts);
     Py_CLEAR(h->payload);
     Py_CLEAR(h->template);
+    Py_CLEAR(h->parts);
+}
+
+/* Feeds the server segments held after the request (parts) to conv, in order; 0 or -1. */
+static int replay_parts(InOrder *io, PyObject *conv, PyObject *parts, PyObject *direction) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts); i++) {
+        PyObject *part = PyList_GET_ITEM(parts, i);
+        PyObject *args[5] = {conv, PyTuple_GET_ITEM(part, 0), direction, PyTuple_GET_ITEM(part, 1),
+                             PyTuple_GET_ITEM(part, 2)};
+        PyObject *events = PyObject_VectorcallMethod(s_feed2, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        int rc = events == NULL ? -1 : inorder_emit(io, events);
+        Py_XDECREF(events);
+        if (rc < 0) return -1;
+    }
+    return 0;
 }
 
 /* Feeds the held segment to conv as Python would have when it came; 0 or -1. */
 static int replay(Held *h, PyObject *conv) {
     InOrder *io = (InOrder *)h->owner;
     FastState *fx = &io->fx;
-    PyObject *ts = h->ts, *payload = h->payload, *template = h->template;
-    h->ts = h->payload = h->template = NULL;
+    PyObject *ts = h->ts, *payload = h->payload, *template = h->template, *parts = h->parts;
+    h->ts = h->payload = h->template = h->parts = NULL;
     h->active = 0;
     fx->fast_replayed++;
     int rc = -1;
@@ -259,8 +281,13 @@ static int replay(Held *h, PyObject *conv) {
             PyErr_Restore(type, value, tb);
         }
     }
-    if (events != NULL) rc = inorder_emit(io, events);
+    if (events != NULL && inorder_emit(io, events) == 0) {
+        PyObject *to_client = parts == NULL ? NULL : PyLong_FromLong(TO_CLIENT);
+        rc = parts == NULL ? 0 : to_client == NULL ? -1 : replay_parts(io, conv, parts, to_client);
+        Py_XDECREF(to_client);
+    }
 done:
+    Py_XDECREF(parts);
     Py_XDECREF(events);
     Py_XDECREF(saved);
     Py_XDECREF(ack);
@@ -286,6 +313,7 @@ static int held_traverse(Held *h, visitproc visit, void *arg) {
     Py_VISIT(h->ts);
     Py_VISIT(h->payload);
     Py_VISIT(h->template);
+    Py_VISIT(h->parts);
     return 0;
 }
 
@@ -430,7 +458,7 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, con
         }
         h->owner = Py_NewRef((PyObject *)self);
         h->active = 0;
-        h->ts = h->payload = h->template = NULL;
+        h->ts = h->payload = h->template = h->parts = NULL;
         PyObject_GC_Track(h);
         PyObject *old = SLOT(conn, self->conn_slots.held);
         SLOT(conn, self->conn_slots.held) = (PyObject *)h;
@@ -446,16 +474,40 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, con
     h->c_off = c_off;
     h->c_end = c_off + n;
     h->resets = fx->skel_resets;
+    h->first_ns = h->s_bytes = 0;
+    h->resp = (Resp)RESP_INIT;
     h->active = 1;
     return 1;
 }
 
-/* The server segment after a held request: 1 completed here, 0 not (nothing changed). */
+/* Keeps a server segment that ended after a result with more to come (d[0:n], payload the
+ * same bytes or NULL): 0, or -1 (no error set) when it cannot. */
+static int keep_part(Held *h, PyObject *ts, const unsigned char *d, Py_ssize_t n, PyObject *payload, int has_ack,
+                     long long ack) {
+    if (h->parts == NULL && (h->parts = PyList_New(0)) == NULL) goto fail;
+    if (PyList_GET_SIZE(h->parts) >= MAX_PARTS) return -1;
+    payload = payload != NULL ? Py_NewRef(payload) : PyBytes_FromStringAndSize((const char *)d, n);
+    PyObject *boxed = has_ack ? PyLong_FromLongLong(ack) : Py_NewRef(Py_None);
+    PyObject *part = payload == NULL || boxed == NULL ? NULL : PyTuple_Pack(3, ts, payload, boxed);
+    Py_XDECREF(payload);
+    Py_XDECREF(boxed);
+    int rc = part == NULL ? -1 : PyList_Append(h->parts, part);
+    Py_XDECREF(part);
+    if (rc == 0) return 0;
+fail:
+    PyErr_Clear();
+    return -1;
+}
+
+/* The server segment after a held request, or after server segments held with it (a
+ * response with more results to come): 1 completed or kept here, 0 not (nothing changed). */
 static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const unsigned char *d, const Py_ssize_t n,
-                    int has_ack, long long ack) {
+                    PyObject *payload, int has_ack, long long ack) {
     FastState *fx = &self->fx;
     long long ts_ns, phase, skip, c_off, s_off, threshold;
-    if (has_ack && ack < h->c_end) return 0; /* Python's "response to an unseen request" */
+    /* Python's "response to an unseen request", tested while the request has no first byte
+     * of response yet (Request.first_ns). */
+    if (has_ack && ack < h->c_end && h->first_ns == 0) return 0;
     if ((PyObject *)Py_TYPE(conv) != fx->conv_type || time_ns(ts, &ts_ns) < 0) return 0;
     PyObject *dep = CONV(fx, conv, CF_DEPRECATE_EOF), *server = CONV(fx, conv, CF_SERVER), *db = CONV(fx, conv, CF_DB),
              *user = CONV(fx, conv, CF_USER), *pending = CONV(fx, conv, CF_PENDING);
@@ -470,9 +522,20 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
         conv_ll(fx, conv, CF_C_OFF, &c_off) < 0 || c_off != h->c_off || conv_ll(fx, conv, CF_S_OFF, &s_off) < 0 ||
         s_off > (1LL << 62))
         return 0;
-    Resp r;
-    if (!parse_response(d, n, deprecate, &r)) return 0;
+    Resp r = h->resp;
+    const int got = parse_response(d, n, deprecate, &r);
+    if (got == RESP_NONE) return 0;
+    /* Request.first_ns: the time of the first server segment that is not 0 (_server_plain). */
+    const long long first_ns = h->first_ns ? h->first_ns : ts_ns;
+    if (got == RESP_MORE) {
+        if (keep_part(h, ts, d, n, payload, has_ack, ack) < 0) return 0;
+        h->resp = r;
+        h->first_ns = first_ns;
+        h->s_bytes += n;
+        return 1;
+    }
     long long latency = ts_ns > h->ts_ns ? (ts_ns - h->ts_ns) / 1000 : 0;
+    long long ttfb = first_ns > h->ts_ns ? (first_ns - h->ts_ns) / 1000 : 0;
     PyObject *agg = PyObject_GenericGetDict(fx->aggregator, NULL);
     if (agg == NULL) {
         PyErr_Clear();
@@ -487,11 +550,20 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
         fx->fast_error_codes_full++;
         return 0;
     }
-    /* What the two feeds would have left in the conversation: every new value is made
-     * before the first store, and the old ones are released after the last. */
-    PyObject *c_end = PyLong_FromLongLong(h->c_end), *s_end = PyLong_FromLongLong(s_off + n),
-             *acked = has_ack ? PyLong_FromLongLong(ack) : NULL;
-    if (c_end == NULL || s_end == NULL || (has_ack && acked == NULL)) {
+    /* What the feeds would have left in the conversation (the acknowledgement: the last any
+     * server segment carried): every new value is made before the first store, and the
+     * old ones are released after the last. */
+    int has_last_ack = has_ack;
+    for (Py_ssize_t i = h->parts != NULL ? PyList_GET_SIZE(h->parts) : 0; !has_last_ack && i > 0; i--) {
+        PyObject *held_ack = PyTuple_GET_ITEM(PyList_GET_ITEM(h->parts, i - 1), 2);
+        if (held_ack != Py_None) {
+            has_last_ack = 1;
+            ack = PyLong_AsLongLong(held_ack); /* made from a long long */
+        }
+    }
+    PyObject *c_end = PyLong_FromLongLong(h->c_end), *s_end = PyLong_FromLongLong(s_off + h->s_bytes + n),
+             *acked = has_last_ack ? PyLong_FromLongLong(ack) : NULL;
+    if (c_end == NULL || s_end == NULL || (has_last_ack && acked == NULL)) {
         Py_XDECREF(c_end);
         Py_XDECREF(s_end);
         Py_XDECREF(acked);
@@ -503,13 +575,14 @@ static int complete(InOrder *self, Held *h, PyObject *conv, PyObject *ts, const 
     old[stored++] = conv_swap(fx, conv, CF_C_PACKET_END, c_end);
     old[stored++] = conv_swap(fx, conv, CF_S_OFF, s_end);
     old[stored++] = conv_swap(fx, conv, CF_S_LAST_NS, Py_NewRef(ts));
-    if (has_ack) old[stored++] = conv_swap(fx, conv, CF_SERVER_ACK, acked);
+    if (has_last_ack) old[stored++] = conv_swap(fx, conv, CF_SERVER_ACK, acked);
     if (r.deprecate >= 0 && r.deprecate != deprecate)
         old[stored++] = conv_swap(fx, conv, CF_DEPRECATE_EOF, Py_NewRef(r.deprecate ? Py_True : Py_False));
     while (stored > 0) Py_XDECREF(old[--stored]);
     /* What Aggregator.add would have added. */
-    if (acc_add(fx, a, h->ts_ns, ts_ns, latency, h->c_end - h->c_off, n, &r) < 0) return -1;
+    if (acc_add(fx, a, h->ts_ns, ts_ns, latency, ttfb, h->c_end - h->c_off, h->s_bytes + n, &r) < 0) return -1;
     fx->fast_exchanges++;
+    if (h->parts != NULL) fx->fast_multi_segments++;
     held_drop(h);
     return 1;
 }
@@ -524,7 +597,7 @@ int fx_segment(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, int 
     Held *h = slot != NULL && slot != Py_None ? (Held *)slot : NULL;
     if (h != NULL && h->active) {
         if (direction == TO_CLIENT) {
-            int rc = complete(self, h, conv, ts, d, n, has_ack, ack);
+            int rc = complete(self, h, conv, ts, d, n, payload, has_ack, ack);
             if (rc != 0) return rc;
         }
         return replay(h, conv);

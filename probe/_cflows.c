@@ -515,6 +515,8 @@ static PyMemberDef inorder_members[] = {
      "exchanges left to Python because the accumulator table was full"},
     {"fast_error_codes_full", T_LONGLONG, offsetof(InOrder, fx.fast_error_codes_full), READONLY,
      "ERR exchanges left to Python because their accumulator counted ACC_ERROR_CODES other codes"},
+    {"fast_multi_segments", T_LONGLONG, offsetof(InOrder, fx.fast_multi_segments), READONLY,
+     "fast_exchanges whose response came in several server segments (results of a CALL)"},
     {NULL},
 };
 

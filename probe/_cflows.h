@@ -99,6 +99,7 @@ typedef struct {
     int learn;
     /* Counters. */
     long long fast_exchanges, fast_replayed, fast_cache_resets, fast_accs_full, fast_error_codes_full;
+    long long fast_multi_segments; /* fast_exchanges whose response spanned server segments */
 } FastState;
 
 typedef struct {
@@ -131,7 +132,13 @@ static inline Py_ssize_t le24(const unsigned char *p) {
 static inline unsigned le16(const unsigned char *p) { return (unsigned)p[0] | (unsigned)p[1] << 8; }
 /* The literal skeleton of sql (n bytes) into out (room for n): its length, or -1. */
 Py_ssize_t skeleton(const unsigned char *s, Py_ssize_t n, char *out);
-/* 1 when data is one whole response the fast path completes (r filled), else 0. */
+/* What a server segment does to a held exchange's response (parse_response). */
+#define RESP_NONE 0 /* the exchange is Python's */
+#define RESP_DONE 1 /* the response ended with the segment */
+#define RESP_MORE 2 /* the segment ended after a result with MORE_RESULTS: more to come */
+#define RESP_INIT {0, 0, 0, 0, 0, -1}
+/* How the server segment d[0:n] goes on with the response r holds so far (RESP_INIT at
+ * first): RESP_DONE, RESP_MORE or RESP_NONE. */
 int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r);
 
 /* _cflows.c: the offset of the __slots__ member `name` of class `cls` (declared by cls or a
@@ -149,8 +156,8 @@ Acc *acc_for(FastState *fx, PyObject *server, PyObject *db, PyObject *user, PyOb
 int acc_error_slot(Acc *a, unsigned code);
 /* What Aggregator.add adds for one statement (r: its response; an ERR's code must have its
  * slot reserved by acc_error_slot); 0 or -1. */
-int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long long latency, long long bytes_in,
-            long long bytes_out, const Resp *r);
+int acc_add(FastState *fx, Acc *a, long long start_ns, long long end_ns, long long latency, long long ttfb,
+            long long bytes_in, long long bytes_out, const Resp *r);
 
 /* _cexecute.c */
 int execute_module_init(void);

@@ -146,8 +146,6 @@ PyObject *fx_skeleton(PyObject *module, PyObject *arg) {
 
 /* -- the server's response ------------------------------------------------------------------ */
 
-
-
 /* A length-encoded integer of an OK payload at *pos (as probe.mysql.packets.lenenc reads
  * it: 1, 3, 4 or 9 bytes): 1 and *pos moved past it, or 0 (0xFB, 0xFF or truncated). An
  * insert id above 250 takes 3 bytes or more: sysbench's INSERTs carry their explicit id. */
@@ -169,83 +167,99 @@ static int ok_lenenc(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pos, unsi
     return 1;
 }
 
-/* 1 when data is exactly one whole response this path completes (r filled), else 0.
- * deprecate: conv.deprecate_eof (1 True, 0 False, -1 None). Packets are read as
- * Responses._server_plain reads them; empty and 16 MiB packets are left to it. */
-int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r) {
-    r->rows = r->affected = 0;
-    r->err_code = 0;
-    r->deprecate = -1;
-    if (n < 5) return 0;
-    Py_ssize_t length = le24(d), end = 4 + length;
-    if (length == 0 || length >= MAX_PACKET || end > n) return 0;
-    unsigned first = d[4];
+/* One result from d[*pos] (Python's state R_FIRST) into r: RESP_DONE when it ends the
+ * response exactly at n, RESP_MORE (*pos moved past it) when its last packet's status has
+ * MORE_RESULTS, else RESP_NONE. deprecate: what conv.deprecate_eof is at its start. */
+static int parse_result(const unsigned char *d, const Py_ssize_t n, Py_ssize_t *at, int deprecate, Resp *r) {
+    Py_ssize_t pos = *at;
+    if (n - pos < 5) return RESP_NONE;
+    Py_ssize_t length = le24(d + pos), end = pos + 4 + length;
+    if (length == 0 || length >= MAX_PACKET || end > n) return RESP_NONE;
+    unsigned first = d[pos + 4];
     if (first == 0xFF) {
         /* An ERR packet (Responses._response_packet, state R_FIRST: the statement ends with
          * it, status and warnings 0). Code 0 counts no error in Aggregator.add and 0xFFFF
          * may be MariaDB's progress report (the statement goes on): both are Python's. The
          * sqlstate and message only reach slow samples, which are Python's. */
-        if (end != n || length < 3) return 0;
-        r->err_code = le16(d + 5);
+        if (end != n || length < 3) return RESP_NONE;
+        r->err_code = le16(d + pos + 5);
         r->status = r->warnings = 0;
-        return r->err_code != 0 && r->err_code != 0xFFFF;
+        return r->err_code != 0 && r->err_code != 0xFFFF ? RESP_DONE : RESP_NONE;
     }
     if (first == 0) { /* an OK packet: affected rows, insert id, status, warnings */
-        if (end != n) return 0;
-        const unsigned char *ok = d + 4;
-        Py_ssize_t pos = 1;
+        const unsigned char *ok = d + pos + 4;
+        Py_ssize_t at_ok = 1;
         unsigned long long affected, insert_id;
-        if (!ok_lenenc(ok, length, &pos, &affected) || !ok_lenenc(ok, length, &pos, &insert_id)) return 0;
+        if (!ok_lenenc(ok, length, &at_ok, &affected) || !ok_lenenc(ok, length, &at_ok, &insert_id)) return RESP_NONE;
         /* Python reads status and warnings only when both are there: without them, decline. */
-        if (pos + 4 > length || affected >= (1ULL << 32)) return 0;
-        r->status = le16(ok + pos);
-        if (r->status & (MORE_RESULTS | SESSION_STATE_CHANGED)) return 0;
-        r->affected = (long long)affected;
-        r->warnings = le16(ok + pos + 2);
-        return 1;
+        if (at_ok + 4 > length || affected >= (1ULL << 32)) return RESP_NONE;
+        r->status = le16(ok + at_ok);
+        if (r->status & SESSION_STATE_CHANGED) return RESP_NONE;
+        r->affected += (long long)affected;
+        r->warnings = le16(ok + at_ok + 2);
+        *at = end;
+        return r->status & MORE_RESULTS ? RESP_MORE : end == n ? RESP_DONE : RESP_NONE;
     }
     /* The column count, alone or with MariaDB's metadata flag: 1, definitions follow; 0, the
      * client cached them (MARIADB_CLIENT_CACHE_METADATA: the executes of a prepared
      * statement), as Responses._column_count reads it. */
-    if (!(first < 0xFB && (length == 1 || (length == 2 && d[5] <= 1)))) return 0;
-    const unsigned definitions = length == 2 && d[5] == 0 ? 0 : first;
-    Py_ssize_t pos = end;
+    if (!(first < 0xFB && (length == 1 || (length == 2 && d[pos + 5] <= 1)))) return RESP_NONE;
+    const unsigned definitions = length == 2 && d[pos + 5] == 0 ? 0 : first;
+    pos = end;
     for (unsigned col = 0; col < definitions; col++) { /* column definitions */
-        if (n - pos < 4) return 0;
+        if (n - pos < 4) return RESP_NONE;
         length = le24(d + pos);
         end = pos + 4 + length;
-        if (length == 0 || length >= MAX_PACKET || end > n) return 0;
+        if (length == 0 || length >= MAX_PACKET || end > n) return RESP_NONE;
         pos = end;
     }
     if (deprecate != 1) { /* R_COLS_END: the EOF, or rows straight away (DEPRECATE_EOF) */
-        if (n - pos < 5) return 0;
+        if (n - pos < 5) return RESP_NONE;
         length = le24(d + pos);
-        if (length == 0 || length >= MAX_PACKET || pos + 4 + length > n) return 0;
+        if (length == 0 || length >= MAX_PACKET || pos + 4 + length > n) return RESP_NONE;
         if (d[pos + 4] == 0xFE) {
-            if (length != 5) return 0;
+            if (length != 5) return RESP_NONE;
             r->deprecate = 0;
             pos += 9;
         } else if (d[pos + 4] == 0xFF) {
-            return 0;
+            return RESP_NONE;
         } else {
             r->deprecate = 1;
         }
     }
     for (;;) { /* rows, then the final EOF */
-        if (n - pos < 5) return 0;
+        if (n - pos < 5) return RESP_NONE;
         length = le24(d + pos);
         end = pos + 4 + length;
-        if (length == 0 || length >= MAX_PACKET || end > n) return 0;
+        if (length == 0 || length >= MAX_PACKET || end > n) return RESP_NONE;
         first = d[pos + 4];
         if (first < 0xFE) {
             r->rows++;
             pos = end;
             continue;
         }
-        if (first == 0xFF || length >= 9 || end != n) return 0;
+        if (first == 0xFF || length >= 9) return RESP_NONE;
         r->warnings = length >= 5 ? le16(d + pos + 5) : 0;
         r->status = length >= 5 ? le16(d + pos + 7) : 0;
-        return !(r->status & MORE_RESULTS);
+        *at = end;
+        return r->status & MORE_RESULTS ? RESP_MORE : end == n ? RESP_DONE : RESP_NONE;
     }
 }
 
+/* How data, the next server segment of a held exchange, goes on with the response r holds
+ * so far (a fresh r: RESP_INIT): RESP_DONE when it ends the response, RESP_MORE when it
+ * ends right after a result or OK whose status says more results follow (a CALL: the
+ * response goes on in a later segment, from Python's state R_FIRST), else RESP_NONE (the
+ * exchange is Python's; r is then garbage). deprecate: conv.deprecate_eof (1 True, 0
+ * False, -1 None), which r->deprecate overrides once a result set told. Packets are read
+ * as Responses._server_plain reads them; empty and 16 MiB packets are left to it. Rows and
+ * affected rows add up over the results (Python's Request.rows and .affected); status and
+ * warnings are the last packet's (what _finish emits), and 0 for an ERR, whether it comes
+ * first or after results (both end the statement in state R_FIRST). */
+int parse_response(const unsigned char *d, Py_ssize_t n, int deprecate, Resp *r) {
+    Py_ssize_t pos = 0;
+    for (;;) {
+        int got = parse_result(d, n, &pos, r->deprecate >= 0 ? r->deprecate : deprecate, r);
+        if (got != RESP_MORE || pos == n) return got;
+    }
+}

@@ -147,8 +147,9 @@ def test_long_data_and_statement_reset_are_pythons_and_then_c_again() -> None:
 
 
 def test_executes_python_keeps() -> None:
-    """Id -1 behind its PREPARE, a cursor, a rebind to other types, more results, session
-    state and a bulk execute: none is C's (an ERR is, tests/probe/test_cerrors.py)."""
+    """Id -1 behind its PREPARE, a cursor, a rebind to other types, session state and a bulk
+    execute: none is C's (an ERR is, tests/probe/test_cerrors.py, and so are more results,
+    tests/probe/test_cmulti.py)."""
     script = w.Script().login()
     script.client(w.prepare("SELECT v FROM t WHERE id = ?") + w.execute(0xFFFFFFFF, [long(1)]))
     script.server(w.prepare_ok(1, 1, 1) + binary_result(1, [], deprecate=False))
@@ -158,12 +159,12 @@ def test_executes_python_keeps() -> None:
     script.client(w.execute(1, [(TEXT, w.lenenc_str(b"2"))])).server(binary_result(1, [], deprecate=False))
     script.client(w.execute(1, [long(2)], bind=False)).server(w.framed([w.err(1054)], 1))  # C's
     more = binary_result(1, [], deprecate=False, status=STATUS | c.SERVER_MORE_RESULTS_EXISTS)
-    script.client(w.execute(1, [long(2)], bind=False)).server(more + w.framed([w.ok()], 1))
+    script.client(w.execute(1, [long(2)], bind=False)).server(more + w.framed([w.ok()], 1))  # C's
     script.client(w.execute(1, [long(2)], bind=False)).server(w.framed([w.ok(schema="other")], 1))
     script.client(w.bulk_execute(1, [LONG], [[struct.pack("<i", 5)]])).server(w.framed([w.ok(affected=1)], 1))
     pure, compiled = run(whole_chunks(script))
-    assert compiled.entry.fast_exchanges == 2
-    assert compiled.entry.fast_replayed == 2  # the more results, the session state
+    assert compiled.entry.fast_exchanges == 3
+    assert compiled.entry.fast_replayed == 1  # the session state
     assert templates(compiled) == templates(pure)
 
 
