@@ -8,16 +8,19 @@ for byte, and exactly for the text the normalizer would put through its skeleton
 one pure and one compiled with the fast path attached to its own aggregator, are fed the
 same generated connections (logins with and without CLIENT_DEPRECATE_EOF, queries answered
 by OK packets, result sets, empty ones, ERR packets (many codes, more than an accumulator
-counts, codes 0 and 0xFFFF, with and without sqlstate, messages of any bytes), warnings, index flags, multi-results,
-session changes, USE, comments, slow ones; prepared statements: PREPARE answered with and
-without EOFs or refused, ids reused after CLOSE, executes with and without new types,
-rebinds, NULLs, values that do not decode, unknown ids, id -1 behind its PREPARE, cursors,
-binary result sets with and without definitions (MariaDB's cached metadata), OKs, errors,
-multi-results, RESET, long data, bulk executes, COM_RESET_CONNECTION) cut into random
-segments, interleaved, with bare ACKs, FIN/RST, expiry sweeps and interval drains. After
-every step the two must have the same other events, the same normalizer caches and, on
-every connection with nothing held, the same conversation state (prepared statements and
-the types they bound included); every drained interval must be the same.
+counts, codes 0 and 0xFFFF, with and without sqlstate, messages of any bytes), warnings,
+index flags, multi-results (CALLs: result sets and OKs with MORE_RESULTS, then an OK, a
+result set or an ERR, each result in its own server segment or several in one), session
+changes, USE, comments, slow ones; prepared statements: PREPARE answered with and without
+EOFs or refused, ids reused after CLOSE, executes with and without new types, rebinds,
+NULLs, values that do not decode, unknown ids, id -1 behind its PREPARE, cursors, binary
+result sets with and without definitions (MariaDB's cached metadata), OKs, errors,
+multi-results (prepared CALLs, OUT-parameter result sets), RESET, long data, bulk
+executes, COM_RESET_CONNECTION) cut into random segments, interleaved, with bare ACKs,
+FIN/RST, expiry sweeps and interval drains. After every step the two must have the same
+other events, the same normalizer caches and, on every connection with nothing held, the
+same conversation state (prepared statements and the types they bound included); every
+drained interval must be the same.
 """
 
 from __future__ import annotations
@@ -243,6 +246,62 @@ def response(kind: str, n: int, deprecate: bool) -> bytes:
     raise AssertionError(kind)
 
 
+#: SERVER_PS_OUT_PARAMS: the result set of a prepared CALL's OUT parameters (Python reads
+#: it as any result set).
+PS_OUT_PARAMS = 0x1000
+MORE = c.SERVER_MORE_RESULTS_EXISTS
+
+
+def call_result(draw: st.DrawFn, n: int, deprecate: bool, columns: int | None, *, more: bool) -> list[bytes]:
+    """The payloads of one result of a CALL (``more``: with MORE_RESULTS, a result before the
+    last): a text result set (``columns`` None) or a binary one of ``columns`` columns with or
+    without definitions, of 0 to 3 rows, with index flags or a prepared CALL's OUT-parameters
+    flag; or an OK with affected rows and warnings."""
+    status = STATUS | (MORE if more else 0) | draw(st.sampled_from([0, 0, c.SERVER_QUERY_NO_INDEX_USED, PS_OUT_PARAMS]))
+    if draw(st.integers(0, 3)) == 0:
+        return [w.ok(affected=(n % 4, 300 + n)[n % 2], warnings=n % 3, status=status)]
+    rows = draw(st.integers(0, 3))
+    if columns is None:
+        head = [w.lenenc_int(1), w.column_def("v")]
+        body = [w.text_row(b"r" * (n % 9 + i)) for i in range(rows)]
+    else:
+        metadata = draw(st.sampled_from([None, 0, 1]))
+        head = [w.lenenc_int(columns) + (b"" if metadata is None else bytes([metadata]))]
+        head += [w.column_def(f"c{i}") for i in range(columns if metadata != 0 else 0)]
+        body = [binary_row([struct.pack("<i", n + i)] + [None] * (columns - 1)) for i in range(rows)]
+    if not deprecate:
+        head.append(w.eof(status))
+    end = w.ok(status=status, header=0xFE) if deprecate else w.eof(status, warnings=n % 3)
+    return [*head, *body, end]
+
+
+def call_chunks(draw: st.DrawFn, n: int, deprecate: bool, columns: int | None) -> list[bytes]:
+    """A CALL's response as the server writes it: 0 to 3 results with MORE_RESULTS, then the
+    last one (an OK, with warnings or affected rows, a result set, an ERR, MariaDB's progress
+    code, a session change); each result its own chunk (MariaDB flushes after each) or
+    several in one."""
+    results = [call_result(draw, n + i, deprecate, columns, more=True) for i in range(draw(st.integers(0, 3)))]
+    end = draw(st.sampled_from(["ok", "ok", "result", "err", "err", "schema"]))
+    if end == "ok":
+        results.append([w.ok(affected=n % 3, warnings=n % 4, status=STATUS | (n % 2) * c.SERVER_QUERY_NO_INDEX_USED)])
+    elif end == "result":
+        results.append(call_result(draw, n, deprecate, columns, more=False))
+    elif end == "err":
+        results.append([err_payload(n)])
+    else:
+        results.append([w.ok(schema=f"db{n % 2}")])
+    chunks: list[bytes] = []
+    seq = 1
+    for payloads in results:
+        data = w.framed(payloads, seq)
+        seq = (seq + len(payloads)) & 0xFF
+        if chunks and draw(st.integers(0, 3)) == 0:
+            chunks[-1] += data
+        else:
+            chunks.append(data)
+    return chunks
+
+
 QUERIES = [
     ("SELECT v, w FROM t WHERE id = {n}", "rows"),
     ("SELECT v FROM t WHERE id IN ({n}, {m}) AND k = 'a{m}'", "empty"),
@@ -264,6 +323,8 @@ QUERIES = [
     ("SELECT v FROM t{n} WHERE id = {m}", "rows"),
     ("SELECT v FROM t WHERE id = {n}", "mid_err"),
     ("CALL p({n})", "more_err"),
+    ("CALL q({n})", "call"),
+    ("CALL q({n}, 'a{m}')", "call"),
 ]
 GAPS_US = [1, 40, 150, 290, 1, 40, 400, 5000]
 
@@ -332,10 +393,15 @@ def binary_result(
     return w.framed(payloads, 1)
 
 
-def execute_response(draw: st.DrawFn, stmt: Prepared | None, n: int, deprecate: bool, *, cursor: bool) -> bytes:
-    """A plausible reply to an execute of stmt (None: an unknown id, refused)."""
+def execute_response(
+    draw: st.DrawFn, stmt: Prepared | None, n: int, deprecate: bool, *, cursor: bool
+) -> bytes | list[bytes]:
+    """A plausible reply to an execute of stmt (None: an unknown id, refused); a prepared
+    CALL's in chunks (call_chunks)."""
     if stmt is None:
         return w.framed([w.err(1243)], 1)
+    if not cursor and draw(st.integers(0, 5)) == 0:
+        return call_chunks(draw, n, deprecate, stmt.columns or 1)
     if draw(st.integers(0, 6)) == 0:
         return w.framed([err_payload(draw(st.integers(0, 300)))], 1)
     if not stmt.columns:
@@ -377,6 +443,11 @@ def execute_request(draw: st.DrawFn, stmt_id: int, stmt: Prepared | None, *, cur
     return w.execute(stmt_id, params, bind=bind, flags=1 if cursor else 0)
 
 
+def serve(script: w.Script, response: bytes | list[bytes]) -> None:
+    for chunk in [response] if isinstance(response, bytes) else response:
+        script.server(chunk)
+
+
 def statement_steps(draw: st.DrawFn, script: w.Script, deprecate: bool, ids: dict[int, Prepared]) -> None:
     """Prepared-statement traffic: PREPARE (ids from a small pool, so an id comes back after
     a CLOSE), runs of executes, CLOSE, RESET, long data, id -1 behind its PREPARE in one
@@ -401,7 +472,7 @@ def statement_steps(draw: st.DrawFn, script: w.Script, deprecate: bool, ids: dic
             known = draw(st.integers(0, 20)) > 0
             target, whose = (stmt_id, stmt) if known else (77, None)
             script.client(execute_request(draw, target, whose, cursor=cursor))
-            script.server(execute_response(draw, whose, n, deprecate, cursor=cursor))
+            serve(script, execute_response(draw, whose, n, deprecate, cursor=cursor))
             n += 1
         return
     other = draw(st.sampled_from(["close", "reset", "long_data", "last", "bulk", "reset_connection"]))
@@ -419,7 +490,7 @@ def statement_steps(draw: st.DrawFn, script: w.Script, deprecate: bool, ids: dic
         fresh = Prepared(params, columns)
         script.client(w.prepare(sql) + execute_request(draw, LAST_PREPARED, fresh, cursor=False))
         script.server(w.prepare_ok(stmt_id, columns, params, deprecate_eof=deprecate))
-        script.server(execute_response(draw, fresh, n, deprecate, cursor=False))
+        serve(script, execute_response(draw, fresh, n, deprecate, cursor=False))
         ids[stmt_id] = fresh
     elif other == "bulk":
         kinds = [draw(st.sampled_from(PARAM_TYPES)) for _ in range(stmt.params)]
@@ -456,14 +527,21 @@ def connection(draw: st.DrawFn, client_port: int, user: str) -> list[tuple[int, 
         if draw(st.integers(0, 2)) == 0:
             statement_steps(draw, script, deprecate, ids)
             continue
-        sql, kind = draw(st.sampled_from(QUERIES[:5] * 4 + QUERIES[9:12] * 2 + QUERIES))
+        sql, kind = draw(st.sampled_from(QUERIES[:5] * 4 + QUERIES[9:12] * 2 + QUERIES[-2:] * 3 + QUERIES))
         n = draw(st.integers(0, 300))
-        # An error flood: a run of one failing statement, each with its own code and message.
-        for i in range(draw(st.integers(2, 12)) if kind == "err" and draw(st.booleans()) else 1):
+        # An error flood (a run of one failing statement, each with its own code and message),
+        # a run of CALLs.
+        for i in range(draw(st.integers(2, 12)) if kind in ("err", "call") and draw(st.booleans()) else 1):
             script.client(w.query(sql.format(n=n + i, m=n + 1, b=n % 2)))
-            script.server(response(kind, n + i, deprecate))
+            serve(
+                script,
+                call_chunks(draw, n + i, deprecate, None) if kind == "call" else response(kind, n + i, deprecate),
+            )
+    # A quick connection: a response in several segments (a CALL's) stays under the slow
+    # threshold.
+    gaps = [1, 40] if draw(st.integers(0, 2)) == 0 else GAPS_US
     for direction, data, _ in script.chunks:
-        after = draw(st.sampled_from(GAPS_US))
+        after = draw(st.sampled_from(gaps))
         if draw(st.integers(0, 5)):
             send(direction, TCP_ACK, data, after)
         else:
