@@ -13,14 +13,28 @@
  * hit the segment is not fed: it is held (a Held object per connection, in
  * Connection.held). When the connection's next segment is the server's and holds the
  * whole response (an OK, a text or binary result set ended by EOF or, under
- * CLIENT_DEPRECATE_EOF, by the EOF-headed OK, or a single ERR packet: see below),
- * without more results or session state, faster than the slow threshold, and its
- * (server, db, user, key) already has a TemplateStats in the aggregator, the conversation
- * fields the two feeds would have changed are set (stream offsets, _c_packet_end,
- * _s_last_ns, _server_ack, deprecate_eof) and the statement is added to the C counters of
- * _caccs.c (by command: "Query", "Execute") that fold() hands to Aggregator.fold. Anything else first replays the held segment into
- * conv.feed, with its own time and acknowledgement: so does FlowTable (Held.settle) before
- * it touches a conversation itself (other segments, gaps, teardown, expiry, close_all).
+ * CLIENT_DEPRECATE_EOF, by the EOF-headed OK, or a single ERR packet: see below; or
+ * several of them, see multi-results), without session state, faster than the slow
+ * threshold, and its (server, db, user, key) already has a TemplateStats in the aggregator,
+ * the conversation fields the feeds would have changed are set (stream offsets,
+ * _c_packet_end, _s_last_ns, _server_ack, deprecate_eof) and the statement is added to the
+ * C counters of _caccs.c (by command: "Query", "Execute") that fold() hands to
+ * Aggregator.fold. Anything else first replays the held segments into conv.feed, each with
+ * its own time and acknowledgement: so does FlowTable (Held.settle) before it touches a
+ * conversation itself (other segments, gaps, teardown, expiry, close_all).
+ *
+ * Multi-results (a CALL: results whose last packet's status has SERVER_MORE_RESULTS_EXISTS,
+ * then one without). For a statement that is not a multi-statement text (those never come
+ * here: ';'), Python only adds up rows and affected rows over the results and goes back
+ * to state R_FIRST (Responses._statement_end); the statement ends with the last packet's
+ * status and warnings, or with an ERR (status and warnings 0, the earlier rows kept), and
+ * SERVER_PS_OUT_PARAMS means nothing to it. MariaDB flushes after each result, so on
+ * loopback each usually comes in its own segment: a server segment that ends right after
+ * a result with more to come is kept too (Held.parts, counted in fast_multi_segments when
+ * the response ends in C), up to MAX_PARTS of them. The statement's ttfb is then the first
+ * of them's (Request.first_ns), its end the last's, and the unseen-request check (an ack
+ * below the request's end) applies only while no server segment was kept, as in
+ * Conversation.feed.
  *
  * An ERR. Python ends the statement with it (Responses._response_packet, state R_FIRST)
  * and changes nothing else in the conversation for a COM_QUERY or an execute (only a
@@ -28,8 +42,8 @@
  * set are those of any response, and the statement is counted with its code
  * (Aggregator.add's errors[str(code)] and the interval's `errors`), at most ACC_ERROR_CODES
  * codes per accumulator. Python's: a slow ERR (its sample carries the message), codes 0
- * and 0xFFFF (no error counted; MariaDB's progress report), an ERR that is not the whole
- * segment, one after rows or a first result (multi-results), a further code.
+ * and 0xFFFF (no error counted; MariaDB's progress report), an ERR that is not the end of
+ * the segment, one after rows (mid result set), a further code.
  *
  * Conversation fields. A Conversation has no __dict__ (its fields are the __slots__ of
  * probe.mysql.state.ConnectionState): this file reads and writes the fields it needs at the

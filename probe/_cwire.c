@@ -3,9 +3,11 @@
  * skeleton(): the literal skeleton of a statement, byte for byte what
  * probe.normalize._FAST_LITERAL.sub("?", sql) gives (tests/probe/test_cexchange.py proves
  * it on generated text against the regex), for text the normalizer would put through its
- * skeleton cache; parse_response(): a whole server response of the kinds the fast path
- * completes (an OK, a result set, an ERR), read as Responses._server_plain reads them.
- * Neither keeps any state.
+ * skeleton cache; parse_response(): a server segment of a response of the kinds the fast
+ * path completes (an OK, a result set, an ERR, or several results of a CALL, the segment
+ * ending with the response or after a result with more to come), read as
+ * Responses._server_plain reads them. Neither keeps any state: the response so far is the
+ * caller's (a Resp).
  */
 #include "_cflows.h"
 
