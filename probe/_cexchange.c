@@ -23,18 +23,11 @@
  * its own time and acknowledgement: so does FlowTable (Held.settle) before it touches a
  * conversation itself (other segments, gaps, teardown, expiry, close_all).
  *
- * Multi-results (a CALL: results whose last packet's status has SERVER_MORE_RESULTS_EXISTS,
- * then one without). For a statement that is not a multi-statement text (those never come
- * here: ';'), Python only adds up rows and affected rows over the results and goes back
- * to state R_FIRST (Responses._statement_end); the statement ends with the last packet's
- * status and warnings, or with an ERR (status and warnings 0, the earlier rows kept), and
- * SERVER_PS_OUT_PARAMS means nothing to it. MariaDB flushes after each result, so on
- * loopback each usually comes in its own segment: a server segment that ends right after
- * a result with more to come is kept too (Held.parts, counted in fast_multi_segments when
- * the response ends in C), up to MAX_PARTS of them. The statement's ttfb is then the first
- * of them's (Request.first_ns), its end the last's, and the unseen-request check (an ack
- * below the request's end) applies only while no server segment was kept, as in
- * Conversation.feed.
+ * Multi-results (a CALL, read as _cwire.c says). MariaDB flushes after each result, so
+ * a server segment that ends right after a result with more to come is kept too
+ * (Held.parts, at most MAX_PARTS; fast_multi_segments counts such exchanges): ttfb is then
+ * the first's time (Request.first_ns), the unseen-request check (an ack below the
+ * request's end) applies only before it, as in Conversation.feed.
  *
  * An ERR. Python ends the statement with it (Responses._response_packet, state R_FIRST)
  * and changes nothing else in the conversation for a COM_QUERY or an execute (only a
@@ -218,12 +211,9 @@ typedef struct {
     int active, has_ack, command; /* command: FX_QUERY, FX_EXECUTE */
     PyObject *ts, *payload, *template;
     long long ts_ns, ack, c_off, c_end, resets;
-    /* A response in several segments (RESP_MORE): the server segments held so far, a list
-     * of (ts, payload, ack or None), NULL when none; what they added up to; the time of
-     * the first (Request.first_ns); their bytes. */
-    PyObject *parts;
-    Resp resp;
-    long long first_ns, s_bytes;
+    PyObject *parts; /* server segments kept (RESP_MORE): [(ts, payload, ack or None)], or NULL */
+    Resp resp;       /* what they added up to */
+    long long first_ns, s_bytes; /* the first's time (Request.first_ns), their bytes */
 } Held;
 
 static PyTypeObject HeldType;

@@ -8,6 +8,12 @@
  * ending with the response or after a result with more to come), read as
  * Responses._server_plain reads them. Neither keeps any state: the response so far is the
  * caller's (a Resp).
+ *
+ * Multi-results: for a statement that is not a multi-statement text (those never reach the
+ * fast path: ';'), Python only adds up rows and affected rows over the results and goes
+ * back to state R_FIRST (Responses._statement_end); the statement ends with the last
+ * packet's status and warnings, or with an ERR (status and warnings 0, the earlier rows
+ * kept). SERVER_PS_OUT_PARAMS (a prepared CALL's OUT parameters) means nothing to it.
  */
 #include "_cflows.h"
 
