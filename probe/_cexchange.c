@@ -25,9 +25,9 @@
  *
  * Multi-results (a CALL, read as _cwire.c says). MariaDB flushes after each result, so
  * a server segment that ends right after a result with more to come is kept too
- * (Held.parts, at most MAX_PARTS; fast_multi_segments counts such exchanges): ttfb is then
- * the first's time (Request.first_ns), the unseen-request check (an ack below the
- * request's end) applies only before it, as in Conversation.feed.
+ * (Held.parts, at most MAX_PARTS, MAX_PARTS_BYTES in all; fast_multi_segments counts
+ * such exchanges): ttfb is then the first's time (Request.first_ns), the unseen-request
+ * check (an ack below the request's end) applies only before it, as in Conversation.feed.
  *
  * An ERR. Python ends the statement with it (Responses._response_packet, state R_FIRST)
  * and changes nothing else in the conversation for a COM_QUERY or an execute (only a
@@ -69,6 +69,7 @@
 #define COM_STMT_EXECUTE 0x17
 #define MAX_PACKET 0xFFFFFF
 #define MAX_PARTS 64 /* server segments one held response may span */
+#define MAX_PARTS_BYTES (256 * 1024) /* and their bytes in all: beyond either, Python's */
 
 static PyObject *s_max_query_bytes, *s_cache_resets, *s_by_skeleton, *s_slow_threshold_us, *s_normalizer, *s_feed2,
     *s_max_templates, *s_cache_size, *s_conv2;
@@ -489,7 +490,7 @@ static int hold(InOrder *self, PyObject *conn, PyObject *conv, PyObject *ts, con
 static int keep_part(Held *h, PyObject *ts, const unsigned char *d, Py_ssize_t n, PyObject *payload, int has_ack,
                      long long ack) {
     if (h->parts == NULL && (h->parts = PyList_New(0)) == NULL) goto fail;
-    if (PyList_GET_SIZE(h->parts) >= MAX_PARTS) return -1;
+    if (PyList_GET_SIZE(h->parts) >= MAX_PARTS || h->s_bytes + n > MAX_PARTS_BYTES) return -1;
     payload = payload != NULL ? Py_NewRef(payload) : PyBytes_FromStringAndSize((const char *)d, n);
     PyObject *boxed = has_ack ? PyLong_FromLongLong(ack) : Py_NewRef(Py_None);
     PyObject *part = payload == NULL || boxed == NULL ? NULL : PyTuple_Pack(3, ts, payload, boxed);

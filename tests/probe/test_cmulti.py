@@ -193,3 +193,25 @@ def test_a_call_left_open_is_replayed_at_teardown() -> None:
     pure, compiled = run(whole_chunks(script))
     assert fast(compiled) == (1, 1, 1)
     assert totals(compiled) == totals(pure)
+
+
+def test_results_kept_for_one_call_are_bounded_by_bytes() -> None:
+    """A CALL's server segments are kept until its last result, at most 256 KiB of them: a
+    CALL whose earlier results hold more is Python's (replayed in order), the same
+    procedure's smaller answers before and after stay C's."""
+
+    def results(row_bytes: int) -> list[list[bytes]]:
+        head = [w.lenenc_int(1), w.column_def("v"), w.eof(STATUS | MORE)]
+        one = [*head, w.text_row(b"x" * row_bytes), w.eof(STATUS | MORE)]
+        return [one, one, one, [w.ok()]]
+
+    script = w.Script().login()
+    for i, row_bytes in enumerate((10_000, 10_000, 100_000, 10_000)):
+        script.client(w.query(f"CALL dump({i})"))
+        serve(script, call(results(row_bytes), True))
+    pure, compiled = run(whole_chunks(script))
+    # The first is the template's first (Python's); the third keeps ~200 KB in two
+    # segments and declines at the third.
+    assert fast(compiled) == (2, 2, 1)
+    assert totals(compiled) == totals(pure)
+    assert totals(pure)["CALL dump(?)"][:2] == (4, 12)
