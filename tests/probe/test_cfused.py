@@ -205,7 +205,7 @@ def test_connections_on_a_reused_four_tuple_and_more_than_the_key_cache_holds() 
     """The compiled path caches, per captured 4-tuple, the objects it looks the connection
     up with and the table's own key. A 4-tuple used again (after a FIN, after an RST, and
     by a SYN while the old connection is still open) must find the new connection, and
-    2,000 connections (more than the cache's 1,024 entries: collisions replace entries) must
+    1,300 connections (more than the cache's 1,024 entries: collisions replace entries) must
     each find their own: the same state, events and intervals as the pure engine."""
     segments: list[Segment] = []
     reused = Peer(52000)
@@ -218,7 +218,7 @@ def test_connections_on_a_reused_four_tuple_and_more_than_the_key_cache_holds() 
             segments.append(reused.send(TO_CLIENT, flags=TCP_RST | TCP_ACK))
         reused.seq = [reused.seq[0] + 77_777, reused.seq[1] + 33_333]  # a new connection's numbers
     segments += reused.opening() + exchanges(reused, 2, 2)
-    peers = [Peer(20000 + i) for i in range(2000)]
+    peers = [Peer(20000 + i) for i in range(1300)]
     for peer in peers:
         segments += peer.opening()
     for round_ in range(2):  # every connection again, after all the others filled the cache
@@ -228,5 +228,5 @@ def test_connections_on_a_reused_four_tuple_and_more_than_the_key_cache_holds() 
     steps: list[Step] = [(ts + i * 1000, seg, False) for i, seg in enumerate(segments)]
     steps[-1] = (steps[-1][0], steps[-1][1], True)
     fused, _, pure = run(False, in_batches(steps, 200))
-    assert fused.side.entry.fast_exchanges > 3000
-    assert pure.side.flows.counters.connections_opened == 2004
+    assert fused.side.entry.fast_exchanges > 2500
+    assert pure.side.flows.counters.connections_opened == 1304
