@@ -67,25 +67,13 @@ def batch_scheduling(pid: int) -> None:
 
 def tree_cpu(pid: int) -> float:
     """User+system CPU seconds of a process and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
     total = 0.0
-    stack = [pid]
-    while stack:
-        current = stack.pop()
+    for current in tree_pids(pid):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / CLOCK
-        stack.extend(children.get(current, []))
     return total
 
 

@@ -87,7 +87,7 @@ class MasterNode(BaseNode):
         # Gossip mode: the outbox of this node's term that ended with a crash, until the
         # next term shows whether it may be published again (``_earlier_term``).
         self.earlier_outbox: dict[str, Any] | None = None
-        self.earlier_outbox_republished = 0
+        self.earlier_term_republished = 0
         self.fault_exit_trigger = os.environ.get(FAULT_EXIT_AFTER_PUBLISH) or None
         read_shaped(state / "master.json", "master-checkpoint", self._restore)
 
@@ -241,7 +241,7 @@ class MasterNode(BaseNode):
 
     def _earlier_term(self) -> None:
         """What becomes of the report this node checkpointed in a term that ended with its
-        crash (``earlier_outbox``), once its role in the new epoch is known.
+        crash (``earlier_outbox``), called when this node leads a new epoch.
 
         It may have reached subscribers. If this node leads the very next epoch (the
         earlier's plus one), no other master led in between, so none merged its slave
@@ -261,7 +261,7 @@ class MasterNode(BaseNode):
             return
         self._learn_published(held)
         log.info("publishing again the report of this node's earlier term (seq %s)", held.get("seq"))
-        self.earlier_outbox_republished += 1
+        self.earlier_term_republished += 1
         self.publish(held)
 
     def app(self) -> web.Application:
@@ -365,7 +365,7 @@ class MasterNode(BaseNode):
                     "checkpoints": self.checkpoints,
                     # Reports of this node's term that ended with a crash, published again
                     # when it led the next epoch (gossip mode).
-                    "earlier_term_republished": self.earlier_outbox_republished,
+                    "earlier_term_republished": self.earlier_term_republished,
                 },
                 "leader_feed": {
                     "links": self.feed.status(),

@@ -215,7 +215,7 @@ def without_outgoing(program: list[tuple[int, int, int, int]]) -> list[tuple[int
     ]
 
 
-def _setsockopt(fd: int, level: int, option: int, value: int) -> None:
+def _setsockopt(fd: int, level: int, option: int, value: int | bytes) -> None:
     """setsockopt(2) on a descriptor libpcap owns (it stays open and libpcap's)."""
     sock = socket.socket(fileno=fd)
     try:
@@ -245,11 +245,7 @@ def attach_filter(fd: int, program: list[tuple[int, int, int, int]]) -> None:
     """Install a classic BPF program as the socket's kernel filter (SO_ATTACH_FILTER)."""
     instructions = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
     fprog = _SockFprog(len(program), ctypes.cast(instructions, ctypes.POINTER(_SockFilter)))
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(fprog))
-    finally:
-        sock.detach()  # the descriptor stays libpcap's
+    _setsockopt(fd, socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(fprog))
 
 
 class LiveCapture:

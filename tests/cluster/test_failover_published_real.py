@@ -55,6 +55,12 @@ def following(standby: Node) -> bool:
     return any(link["state"] == "connected" and link["reports"] for link in feed.get("links", ()))
 
 
+def acknowledged(slave: Node, target: int) -> bool:
+    """Whether the slave's spool holds no report up to seq ``target`` any more."""
+    spool = slave.get("/status")["collector"]["spool"]
+    return bool(spool["reports"] == 0 or (spool["oldest_seq"] is not None and spool["oldest_seq"] > target))
+
+
 def test_reports_the_dead_leader_published_are_not_published_again(server: MariaDB, tmp_path: Path) -> None:
     trigger = tmp_path / "die-after-publish"
     configs = gossip_configs(["m1", "m2", "s1"], ["m1", "m2", "s1"], interval=1, lockttlms=3000)
@@ -85,11 +91,7 @@ def test_reports_the_dead_leader_published_are_not_published_again(server: Maria
         slave = nodes["s1"]
         target = int(slave.get("/status")["seq"]) + 1
 
-        def acknowledged() -> bool:
-            spool = slave.get("/status")["collector"]["spool"]
-            return bool(spool["reports"] == 0 or (spool["oldest_seq"] is not None and spool["oldest_seq"] > target))
-
-        wait(acknowledged, f"every report of s1 up to seq {target} acknowledged", timeout=60)
+        wait(lambda: acknowledged(slave, target), f"every report of s1 up to seq {target} acknowledged", timeout=60)
         wait(
             lambda: any(target in s["seqs"] for r in collectors[successor].reports for s in r["slaves"]),
             f"the successor published s1's seq {target}",
@@ -134,10 +136,6 @@ def test_reports_the_dead_leader_published_are_not_published_again(server: Maria
     assert exported == [f"{name} {merge['duplicates_published_by_predecessor']:.1f}"]
 
 
-def leader_of(cluster: Cluster) -> tuple[str, int] | None:
-    return cluster.leader("s1")
-
-
 def test_a_leader_restarted_alone_does_not_publish_its_last_report_twice(server: MariaDB, tmp_path: Path) -> None:
     """One master-capable node and a slave as the witness voter. The master publishes and
     dies before acknowledging; restarted, it wins the next epoch. No other master led in
@@ -174,16 +172,12 @@ def test_a_leader_restarted_alone_does_not_publish_its_last_report_twice(server:
                 "the restarted master leads a new epoch",
                 timeout=60,
             )
-            assert leader_of(cluster) == ("m1", epoch + 1) and epoch2 == epoch + 1
+            assert cluster.leader("s1") == ("m1", epoch + 1) and epoch2 == epoch + 1
             time.sleep(3.0)
         slave = nodes["s1"]
         target = int(slave.get("/status")["seq"]) + 1
 
-        def acknowledged() -> bool:
-            spool = slave.get("/status")["collector"]["spool"]
-            return bool(spool["reports"] == 0 or (spool["oldest_seq"] is not None and spool["oldest_seq"] > target))
-
-        wait(acknowledged, f"every report of s1 up to seq {target} acknowledged", timeout=60)
+        wait(lambda: acknowledged(slave, target), f"every report of s1 up to seq {target} acknowledged", timeout=60)
         wait(
             lambda: any(target in s["seqs"] for r in after.reports for s in r["slaves"]),  # type: ignore[union-attr]
             f"the restarted master published s1's seq {target}",

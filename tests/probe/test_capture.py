@@ -98,6 +98,13 @@ def test_traffic_on_the_watched_port_is_received() -> None:
             capture.close()
 
 
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    return listener
+
+
 def _exchange_and_count(capture: LiveCapture, listener: socket.socket) -> tuple[dict[str, int], int]:
     """100 request/reply pairs over ``listener``; what the capture delivered of each
     direction, and how many packets it delivered in all."""
@@ -136,9 +143,7 @@ def test_lo_hands_each_packet_over_once(fanout_group: int | None) -> None:
     copy (PACKET_IGNORE_OUTGOING, or the fanout group's flag) and its filter refuses it
     as well (older kernels), so the kernel copies each packet into the ring once: what it
     counts equals what is delivered, both directions of the connection included."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
     port = int(listener.getsockname()[1])
     capture = LiveCapture("lo", {port}, buffer_bytes=8 << 20, immediate=True, fanout_group=fanout_group)
     try:
@@ -157,9 +162,7 @@ def test_lo_outgoing_copies_are_not_offered_at_all(fanout_group: int | None) -> 
     """With libpcap's own filter put back (no packet-type test), the kernel still counts
     each packet once: the sent copy never reached the socket (no clone in the sender's
     context), rather than being refused by the filter."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
     port = int(listener.getsockname()[1])
     capture = LiveCapture("lo", {port}, buffer_bytes=8 << 20, immediate=True, fanout_group=fanout_group)
     try:
@@ -177,9 +180,7 @@ def test_lo_outgoing_copies_are_not_offered_at_all(fanout_group: int | None) -> 
 def test_without_the_kernel_options_lo_gets_each_packet_twice() -> None:
     """The control for the test above: the same socket with libpcap's plain filter and
     no ignoring hook counts every packet twice (libpcap drops the sent copy itself)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
     port = int(listener.getsockname()[1])
     handle = pcapy.create("lo")
     handle.set_snaplen(262144)
